@@ -1,0 +1,271 @@
+"""Choose a progressive plan by cost and predicted quality (DESIGN.md section 4, "Beyond SPD").
+
+The exact Gaussian testbed prices any dct-transition plan's quality in closed
+form (W2 to the true field), so the plan can be searched for directly:
+
+    minimise  plan.cost(cost_model, solver)   subject to   W2(plan) <= target
+
+over the number of stages, the stage scales, the switch times and the steps
+(and their spacing) after every switch. Switch times are parameterised by the
+SPD tolerance ``delta`` of each transition (SPD Eq. 9-10), so SPD's closed form
+is one point of the search space; each stage is respaced along the model's
+own time-grid profile (or an SD3-shift profile), which removes the long step
+that SPD's keep rule leaves after each switch.
+
+Search: for every (scales, deltas) candidate, the step counts are scaled
+together by bisection to the cheapest feasible allocation, then improved by
+greedy one-step moves (add where W2 falls most per unit cost, remove where
+it rises least). The best few candidates are refined over the spacing
+profile and neighbouring deltas.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from .plans import (
+    Plan,
+    activation_time,
+    full_plan,
+    get_spectrum,
+    stage_grids,
+    staged_plan,
+)
+from .solvers import get_solver
+
+DEFAULT_SCALES = (0.25, 0.375, 0.5, 0.625, 0.75)
+DEFAULT_DELTAS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    plan: Plan
+    w2: float
+    cost: float
+
+
+def _field(testbed, grid):
+    from .testbeds import GaussianField
+
+    if isinstance(testbed, GaussianField):
+        if grid is not None and tuple(grid) != testbed.grid:
+            raise ValueError(f"grid {grid} differs from the testbed's {testbed.grid}")
+        return testbed
+    if grid is None:
+        raise ValueError("pass grid= when giving a spectrum instead of a GaussianField")
+    spec = get_spectrum(testbed)
+    return GaussianField(spec.A, spec.beta, grid)
+
+
+def _switch_times(field, grids, deltas, axes):
+    out = []
+    for g, d in zip(grids[:-1], deltas, strict=True):
+        w = min(g[-axes:]) / 2.0
+        out.append(activation_time(field.spectrum(w), d))
+    return out
+
+
+def _build(grids, tstars, steps, times, profiles):
+    spans = [(float(times[0]), tstars[0] if tstars else 0.0)]
+    spans += [(None, t) for t in tstars[1:]]
+    if tstars:
+        spans.append((None, 0.0))
+    return staged_plan(grids, spans, steps, profiles, "dct", "optimal")
+
+
+def _base_alloc(grids, tstars, times, n_total):
+    """Steps per stage proportional to the span each covers on the reference grid."""
+    ref = torch.as_tensor(times, dtype=torch.float64)
+    n = ref.numel() - 1
+
+    def pos(t):  # fractional index of t on the reference grid
+        r = ref.flip(0)
+        j = int(torch.searchsorted(r, torch.tensor(t, dtype=torch.float64)).clamp(1, n))
+        w = (t - r[j - 1]) / (r[j] - r[j - 1])
+        return float(n - (j - 1) - w)
+
+    bounds = [0.0] + [pos(t) for t in tstars] + [float(n)]
+    return [max(1.0, (b - a) * n_total / n) for a, b in zip(bounds, bounds[1:])]
+
+
+class _Evaluator:
+    def __init__(self, field, solver, cost_model, times):
+        self.field, self.solver, self.cost_model, self.times = field, solver, cost_model, times
+        self.cache: dict = {}
+
+    def __call__(self, grids, tstars, steps, profiles) -> Candidate | None:
+        key = (tuple(grids), tuple(round(t, 12) for t in tstars), tuple(steps), tuple(map(str, profiles)))
+        if key not in self.cache:
+            try:
+                plan = _build(grids, tstars, steps, self.times, profiles)
+            except ValueError:
+                self.cache[key] = None
+            else:
+                self.cache[key] = Candidate(plan, self.field.w2(plan, self.solver),
+                                            plan.cost(self.cost_model, self.solver))
+        return self.cache[key]
+
+
+def _allocate(ev, grids, tstars, profiles, base, target, max_cost):
+    """Cheapest step allocation found for fixed grids and switch times (or None)."""
+    def at(f):
+        return [max(1, int(round(b * f))) for b in base]
+
+    lo, hi = 0.05, 1.0
+    c = ev(grids, tstars, at(hi), profiles)
+    while c is not None and c.w2 > target and hi < 8:
+        hi *= 1.6
+        c = ev(grids, tstars, at(hi), profiles)
+    if c is None or c.w2 > target:
+        return None
+    for _ in range(10):
+        mid = 0.5 * (lo + hi)
+        cm = ev(grids, tstars, at(mid), profiles)
+        if cm is not None and cm.w2 <= target:
+            hi = mid
+        else:
+            lo = mid
+    steps = at(hi)
+    best = ev(grids, tstars, steps, profiles)
+    # greedy local moves: drop steps while feasible, trade steps between stages
+    improved = True
+    while improved:
+        improved = False
+        moves = []
+        for i in range(len(steps)):
+            if steps[i] > 1:
+                s2 = steps.copy()
+                s2[i] -= 1
+                moves.append(s2)
+            for j in range(len(steps)):
+                if i != j and steps[i] > 1:
+                    s2 = steps.copy()
+                    s2[i] -= 1
+                    s2[j] += 1
+                    moves.append(s2)
+        for s2 in moves:
+            c2 = ev(grids, tstars, s2, profiles)
+            if c2 is not None and c2.w2 <= target and c2.cost < best.cost - 1e-12:
+                best, steps, improved = c2, s2, True
+                break
+    if best.cost > max_cost:
+        return None
+    return best
+
+
+def optimal_plan(testbed, times, *, grid: Sequence[int] | None = None, solver="euler",
+                 target_w2: float | None = None, tolerance: float = 0.0,
+                 cost_model="tokens", max_stages: int = 3,
+                 scales: Sequence[float] = DEFAULT_SCALES,
+                 deltas: Sequence[float] = DEFAULT_DELTAS,
+                 profiles: Sequence = (None, 1.0, 3.0), axes: int = 2, multiple: int = 1,
+                 refine: int = 3, progress: bool = False, return_candidates: bool = False):
+    """Cheapest plan whose exact W2 on the testbed is at most the target.
+
+    Args:
+        testbed: a :class:`~specdiff.testbeds.GaussianField`, or a spectrum
+            (name, :class:`~specdiff.plans.PowerSpectrum` or ``(A, beta)``) with ``grid=``.
+        times: the model's full-resolution time grid; its W2 with ``solver`` is
+            the default target and its profile spaces the steps.
+        target_w2: quality to reach (RMS W2 per element); default: the full
+            grid's W2 times ``1 + tolerance``.
+        cost_model: see :meth:`Plan.cost`.
+        max_stages: 1 to 3 stages are searched.
+        scales, deltas: candidate coarse scales and per-transition SPD tolerances.
+        profiles: spacing profiles tried in refinement (``None`` = the model's
+            grid, a number = SD3 shift profile).
+
+    Returns:
+        The best :class:`Plan` (``plan.meta`` holds ``w2``, ``cost``, ``target``,
+        ``deltas``), or with ``return_candidates=True`` also the list of every
+        feasible :class:`Candidate` found (for a Pareto plot). Raises
+        ``ValueError`` when nothing cheaper than the baseline reaches the target.
+    """
+    t = torch.as_tensor(times, dtype=torch.float64)
+    field = _field(testbed, grid)
+    grid = field.grid
+    get_solver(solver)
+    if not 1 <= max_stages <= 3:
+        raise ValueError(f"max_stages must be 1, 2 or 3, got {max_stages}")
+    base_plan = full_plan(t, grid)
+    ev = _Evaluator(field, solver, cost_model, t)
+    base_w2 = field.w2(base_plan, solver)
+    target = target_w2 if target_w2 is not None else base_w2 * (1 + tolerance)
+    if not target > 0:
+        raise ValueError(f"target W2 must be positive, got {target}")
+    max_cost = base_plan.cost(cost_model, solver) * 1.5
+    n_total = len(t) - 1
+
+    chains = [(1.0,)]
+    sc = sorted(float(s) for s in scales)
+    if max_stages >= 2:
+        chains += [(s, 1.0) for s in sc]
+    if max_stages >= 3:
+        chains += [(a, b, 1.0) for a, b in itertools.combinations(sc, 2)]
+    jobs = []
+    for ch in chains:
+        try:
+            grids = stage_grids(grid, ch, multiple=multiple, axes=axes)
+        except ValueError:
+            continue
+        k = len(grids) - 1
+        for d in ([()] if k == 0 else [(dd,) * k for dd in deltas]):
+            jobs.append((grids, tuple(d)))
+
+    found: list[Candidate] = []
+    profile0 = [t] * 3
+    for grids, ds in tqdm(jobs, disable=not progress, desc="plan search", leave=False):
+        tstars = _switch_times(field, grids, ds, axes)
+        if any(b >= a for a, b in zip(tstars, tstars[1:])):
+            continue
+        base = _base_alloc(grids, tstars, t, n_total)
+        c = _allocate(ev, grids, tstars, profile0[: len(grids)], base, target, max_cost)
+        if c is not None:
+            found.append((c, grids, ds))
+    if not found:
+        raise ValueError(
+            f"no plan reached W2 <= {target:.4g} below 1.5x the baseline's cost; raise "
+            "target_w2/tolerance or allow more stages/steps"
+        )
+    found.sort(key=lambda r: r[0].cost)
+    # refine the best few: per-transition deltas (neighbours) and spacing profiles
+    dgrid = sorted(set(deltas) | {d * f for d in deltas for f in (0.7, 1.4)})
+    for c, grids, ds in list(found[:refine]):
+        best = (c, ds, None)
+        prof_opts = [tuple((t if p is None else p) for _ in grids) for p in profiles]
+        for dvec in _neighbours(ds, dgrid):
+            for prof in prof_opts:
+                tstars = _switch_times(field, grids, dvec, axes)
+                if any(b >= a for a, b in zip(tstars, tstars[1:])):
+                    continue
+                base = _base_alloc(grids, tstars, t, n_total)
+                c2 = _allocate(ev, grids, tstars, list(prof), base, target, max_cost)
+                if c2 is not None and c2.cost < best[0].cost:
+                    best = (c2, dvec, prof)
+        found.append((best[0], grids, best[1]))
+    found.sort(key=lambda r: r[0].cost)
+    best, grids, ds = found[0]
+    meta = (("w2", best.w2), ("cost", best.cost), ("target", target), ("baseline_w2", base_w2),
+            ("deltas", tuple(ds)), ("solver", get_solver(solver).name))
+    plan = Plan(best.plan.stages, "dct", "optimal " + "/".join(
+        f"{min(g[-axes:]) / min(grid[-axes:]):g}" for g in grids), meta)
+    if return_candidates:
+        return plan, [r[0] for r in found]
+    return plan
+
+
+def _neighbours(ds, dgrid):
+    if not ds:
+        return [()]
+    opts = []
+    for d in ds:
+        i = min(range(len(dgrid)), key=lambda j: abs(math.log(dgrid[j] / d)))
+        opts.append([dgrid[j] for j in range(max(0, i - 1), min(len(dgrid), i + 2))])
+    return list(itertools.product(*opts))
+
