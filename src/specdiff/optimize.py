@@ -47,6 +47,7 @@ DEFAULT_DELTAS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 class Candidate:
     plan: Plan
     w2: float
+    kl: float
     cost: float
 
 
@@ -107,51 +108,52 @@ class _Evaluator:
             except ValueError:
                 self.cache[key] = None
             else:
-                self.cache[key] = Candidate(plan, self.field.w2(plan, self.solver),
+                m = self.field.metrics(plan, self.solver)
+                self.cache[key] = Candidate(plan, m["w2"], m["kl"],
                                             plan.cost(self.cost_model, self.solver))
         return self.cache[key]
 
 
-def _allocate(ev, grids, tstars, profiles, base, target, max_cost):
-    """Cheapest step allocation found for fixed grids and switch times (or None)."""
+def _allocate(ev, grids, tstars, profiles, base, ok, max_cost):
+    """Cheapest step allocation found for fixed grids and switch times (or None).
+
+    ``ok(candidate)`` says whether a candidate meets the quality target."""
     def at(f):
         return [max(1, int(round(b * f))) for b in base]
 
     lo, hi = 0.05, 1.0
     c = ev(grids, tstars, at(hi), profiles)
-    while c is not None and c.w2 > target and hi < 8:
+    while c is not None and not ok(c) and hi < 8:
         hi *= 1.6
         c = ev(grids, tstars, at(hi), profiles)
-    if c is None or c.w2 > target:
+    if c is None or not ok(c):
         return None
-    for _ in range(10):
+    for _ in range(7):
         mid = 0.5 * (lo + hi)
         cm = ev(grids, tstars, at(mid), profiles)
-        if cm is not None and cm.w2 <= target:
+        if cm is not None and ok(cm):
             hi = mid
         else:
             lo = mid
     steps = at(hi)
     best = ev(grids, tstars, steps, profiles)
-    # greedy local moves: drop steps while feasible, trade steps between stages
+    # greedy local moves (first improvement, bounded): drop a step, or move one
+    # step between stages, while the target still holds
+    budget = 12 * len(steps) ** 2
     improved = True
-    while improved:
+    while improved and budget > 0:
         improved = False
         moves = []
         for i in range(len(steps)):
             if steps[i] > 1:
-                s2 = steps.copy()
-                s2[i] -= 1
-                moves.append(s2)
-            for j in range(len(steps)):
-                if i != j and steps[i] > 1:
-                    s2 = steps.copy()
-                    s2[i] -= 1
-                    s2[j] += 1
-                    moves.append(s2)
+                moves.append([s - (k == i) for k, s in enumerate(steps)])
+        for i, j in itertools.permutations(range(len(steps)), 2):
+            if steps[i] > 1:
+                moves.append([s - (k == i) + (k == j) for k, s in enumerate(steps)])
         for s2 in moves:
+            budget -= 1
             c2 = ev(grids, tstars, s2, profiles)
-            if c2 is not None and c2.w2 <= target and c2.cost < best.cost - 1e-12:
+            if c2 is not None and ok(c2) and c2.cost < best.cost - 1e-12:
                 best, steps, improved = c2, s2, True
                 break
     if best.cost > max_cost:
@@ -161,6 +163,7 @@ def _allocate(ev, grids, tstars, profiles, base, target, max_cost):
 
 def optimal_plan(testbed, times, *, grid: Sequence[int] | None = None, solver="euler",
                  target_w2: float | None = None, tolerance: float = 0.0,
+                 quality: str = "w2",
                  cost_model="tokens", max_stages: int = 3,
                  scales: Sequence[float] = DEFAULT_SCALES,
                  deltas: Sequence[float] = DEFAULT_DELTAS,
@@ -175,6 +178,11 @@ def optimal_plan(testbed, times, *, grid: Sequence[int] | None = None, solver="e
             the default target and its profile spaces the steps.
         target_w2: quality to reach (RMS W2 per element); default: the full
             grid's W2 times ``1 + tolerance``.
+        quality: ``"w2"`` (the target above) or ``"w2+kl"`` (also keep the exact
+            KL at most the baseline's times ``1 + tolerance``). W2 is dominated by
+            the few high-power low frequencies; KL weighs every frequency by its
+            relative error, so ``"w2+kl"`` stops the search from trading away
+            high-frequency fidelity.
         cost_model: see :meth:`Plan.cost`.
         max_stages: 1 to 3 stages are searched.
         scales, deltas: candidate coarse scales and per-transition SPD tolerances.
@@ -195,10 +203,17 @@ def optimal_plan(testbed, times, *, grid: Sequence[int] | None = None, solver="e
         raise ValueError(f"max_stages must be 1, 2 or 3, got {max_stages}")
     base_plan = full_plan(t, grid)
     ev = _Evaluator(field, solver, cost_model, t)
-    base_w2 = field.w2(base_plan, solver)
+    base_m = field.metrics(base_plan, solver)
+    base_w2 = base_m["w2"]
     target = target_w2 if target_w2 is not None else base_w2 * (1 + tolerance)
     if not target > 0:
         raise ValueError(f"target W2 must be positive, got {target}")
+    if quality not in ("w2", "w2+kl"):
+        raise ValueError(f"quality must be 'w2' or 'w2+kl', got {quality!r}")
+    target_kl = base_m["kl"] * (1 + tolerance) if quality == "w2+kl" else math.inf
+
+    def ok(c: Candidate) -> bool:
+        return c.w2 <= target and c.kl <= target_kl
     max_cost = base_plan.cost(cost_model, solver) * 1.5
     n_total = len(t) - 1
 
@@ -225,7 +240,7 @@ def optimal_plan(testbed, times, *, grid: Sequence[int] | None = None, solver="e
         if any(b >= a for a, b in zip(tstars, tstars[1:])):
             continue
         base = _base_alloc(grids, tstars, t, n_total)
-        c = _allocate(ev, grids, tstars, profile0[: len(grids)], base, target, max_cost)
+        c = _allocate(ev, grids, tstars, profile0[: len(grids)], base, ok, max_cost)
         if c is not None:
             found.append((c, grids, ds))
     if not found:
@@ -234,24 +249,34 @@ def optimal_plan(testbed, times, *, grid: Sequence[int] | None = None, solver="e
             "target_w2/tolerance or allow more stages/steps"
         )
     found.sort(key=lambda r: r[0].cost)
-    # refine the best few: per-transition deltas (neighbours) and spacing profiles
+    # refine the best few: spacing profile, then each transition's delta by
+    # coordinate descent over neighbouring values
     dgrid = sorted(set(deltas) | {d * f for d in deltas for f in (0.7, 1.4)})
     for c, grids, ds in list(found[:refine]):
-        best = (c, ds, None)
-        prof_opts = [tuple((t if p is None else p) for _ in grids) for p in profiles]
-        for dvec in _neighbours(ds, dgrid):
-            for prof in prof_opts:
-                tstars = _switch_times(field, grids, dvec, axes)
-                if any(b >= a for a, b in zip(tstars, tstars[1:])):
-                    continue
-                base = _base_alloc(grids, tstars, t, n_total)
-                c2 = _allocate(ev, grids, tstars, list(prof), base, target, max_cost)
-                if c2 is not None and c2.cost < best[0].cost:
-                    best = (c2, dvec, prof)
-        found.append((best[0], grids, best[1]))
+        def run(dvec, prof, _grids=grids):
+            tstars = _switch_times(field, _grids, dvec, axes)
+            if any(b >= a for a, b in zip(tstars, tstars[1:])):
+                return None
+            base = _base_alloc(_grids, tstars, t, n_total)
+            return _allocate(ev, _grids, tstars, list(prof), base, ok, max_cost)
+
+        best, best_d, best_p = c, tuple(ds), tuple(t for _ in grids)
+        for p in profiles:
+            prof = tuple((t if p is None else p) for _ in grids)
+            c2 = run(best_d, prof)
+            if c2 is not None and c2.cost < best.cost:
+                best, best_p = c2, prof
+        for k in range(len(best_d)):
+            for dk in _neighbours_1d(best_d[k], dgrid):
+                dvec = best_d[:k] + (dk,) + best_d[k + 1:]
+                c2 = run(dvec, best_p)
+                if c2 is not None and c2.cost < best.cost:
+                    best, best_d = c2, dvec
+        found.append((best, grids, best_d))
     found.sort(key=lambda r: r[0].cost)
     best, grids, ds = found[0]
-    meta = (("w2", best.w2), ("cost", best.cost), ("target", target), ("baseline_w2", base_w2),
+    meta = (("w2", best.w2), ("kl", best.kl), ("cost", best.cost), ("target", target),
+            ("quality", quality), ("baseline_w2", base_w2), ("baseline_kl", base_m["kl"]),
             ("deltas", tuple(ds)), ("solver", get_solver(solver).name))
     plan = Plan(best.plan.stages, "dct", "optimal " + "/".join(
         f"{min(g[-axes:]) / min(grid[-axes:]):g}" for g in grids), meta)
@@ -260,12 +285,6 @@ def optimal_plan(testbed, times, *, grid: Sequence[int] | None = None, solver="e
     return plan
 
 
-def _neighbours(ds, dgrid):
-    if not ds:
-        return [()]
-    opts = []
-    for d in ds:
-        i = min(range(len(dgrid)), key=lambda j: abs(math.log(dgrid[j] / d)))
-        opts.append([dgrid[j] for j in range(max(0, i - 1), min(len(dgrid), i + 2))])
-    return list(itertools.product(*opts))
-
+def _neighbours_1d(d, dgrid):
+    i = min(range(len(dgrid)), key=lambda j: abs(math.log(dgrid[j] / d)))
+    return [dgrid[j] for j in (i - 1, i + 1) if 0 <= j < len(dgrid)]

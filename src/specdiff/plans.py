@@ -150,6 +150,18 @@ def flux_times(num_steps: int, seq_len: int, *, mu: float | None = None) -> torc
     return torch.cat([s, s.new_zeros(1)])
 
 
+def wan_times(num_steps: int, shift: float = 5.0) -> torch.Tensor:
+    """Wan 2.1's UniPC flow schedule: ``linspace(1, 1/1000, N+1)[:-1]`` shifted, then 0.
+
+    diffusers' ``UniPCMultistepScheduler(use_flow_sigmas=True, flow_shift=shift)``
+    (it also nudges the first sigma by -1e-6, omitted here). Shift 5.0 is the
+    SPD reference runs' 720p setting, 3.0 the 480p default.
+    """
+    _check_steps(num_steps)
+    u = torch.linspace(1.0, 1.0 / 1000, num_steps + 1, dtype=torch.float64)[:-1]
+    return torch.cat([resolution_shift(u, shift), u.new_zeros(1)])
+
+
 def _as_times(times) -> torch.Tensor:
     t = torch.as_tensor(times, dtype=torch.float64).flatten()
     if t.numel() < 2:
@@ -343,7 +355,9 @@ def _unit_cost(grid, full, cost_model) -> float:
             return ratio
         if cost_model == "attention":
             return ratio**2
-        raise ValueError(f"cost_model must be 'tokens', 'attention', a callable or a mapping, got {cost_model!r}")
+        raise ValueError(
+            f"cost_model must be 'tokens', 'attention', a callable or a mapping, got {cost_model!r}"
+        )
     if callable(cost_model):
         return float(cost_model(tuple(grid))) / float(cost_model(tuple(full)))
     try:

@@ -6,8 +6,10 @@ signature (k-diffusion style)::
 
     step(denoiser, x, t, t_next, *, cond, state, noise) -> (x_next, state, x0_hat)
 
-``t`` and ``t_next`` are floats with ``1 >= t > t_next >= 0``; the denoiser is
-called with ``t`` as a ``(B,)`` tensor of ``x``'s dtype. ``state`` carries the
+``t`` and ``t_next`` are floats with ``1 >= t > t_next >= 0`` or, for the
+single-step solvers (Euler, Heun, stochastic), ``(B,)`` tensors giving every
+sample its own step (broadcast by rank); the denoiser is called with ``t`` as a
+``(B,)`` tensor of ``x``'s dtype. ``state`` carries the
 multistep history (``None`` after a transition: the sampler resets it);
 ``noise`` is the injected randomness of stochastic steps (white N(0, 1) of
 ``x``'s shape), unused by deterministic ones.
@@ -29,7 +31,10 @@ class Denoiser(Protocol):
 
 
 def _call(denoiser, x, t, cond):
-    tt = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
+    if isinstance(t, torch.Tensor):
+        tt = t.to(dtype=x.dtype, device=x.device).expand(x.shape[0])
+    else:
+        tt = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
     out = denoiser(x, tt, **(cond or {}))
     if out.shape != x.shape:
         raise ValueError(
@@ -39,26 +44,40 @@ def _call(denoiser, x, t, cond):
     return out.to(x.dtype)
 
 
+def _bt(t, x):
+    """A float stays a float; a ``(B,)`` tensor is shaped to broadcast against ``x``."""
+    if isinstance(t, torch.Tensor):
+        return t.to(dtype=x.dtype, device=x.device).reshape(-1, *([1] * (x.ndim - 1)))
+    return t
+
+
 def _velocity(x, x0, t):
-    return (x - x0) / t
+    return (x - x0) / _bt(t, x)
 
 
 def euler_step(denoiser, x, t, t_next, *, cond=None, state=None, noise=None):
     """First-order step of the flow ODE (equals DDIM in the flow frame)."""
     x0 = _call(denoiser, x, t, cond)
-    return x + (t_next - t) * _velocity(x, x0, t), None, x0
+    return x + (_bt(t_next, x) - _bt(t, x)) * _velocity(x, x0, t), None, x0
 
 
 def heun_step(denoiser, x, t, t_next, *, cond=None, state=None, noise=None):
     """Second-order Heun (EDM Alg. 1 without churn); plain Euler onto ``t_next = 0``."""
     x0 = _call(denoiser, x, t, cond)
     d = _velocity(x, x0, t)
-    x_e = x + (t_next - t) * d
-    if t_next == 0:
-        return x_e, None, x0
-    x0_e = _call(denoiser, x_e, t_next, cond)
-    d_e = _velocity(x_e, x0_e, t_next)
-    return x + (t_next - t) * 0.5 * (d + d_e), None, x0
+    h = _bt(t_next, x) - _bt(t, x)
+    x_e = x + h * d
+    if not isinstance(t_next, torch.Tensor):
+        if t_next == 0:
+            return x_e, None, x0
+        x0_e = _call(denoiser, x_e, t_next, cond)
+        return x + h * 0.5 * (d + _velocity(x_e, x0_e, t_next)), None, x0
+    # per-sample times: samples stepping onto 0 take the Euler result
+    last = t_next == 0
+    t_safe = torch.where(last, torch.ones_like(t_next), t_next)
+    x0_e = _call(denoiser, x_e, t_safe, cond)
+    heun = x + h * 0.5 * (d + _velocity(x_e, x0_e, t_safe))
+    return torch.where(_bt(last, x).bool(), x_e, heun), None, x0
 
 
 def _half_log_snr(t: float) -> float:
@@ -111,15 +130,19 @@ def stochastic_step(denoiser, x, t, t_next, *, cond=None, state=None, noise=None
     ``eta = 1`` is the ancestral (DDPM-like) sampler.
     """
     x0 = _call(denoiser, x, t, cond)
-    if t_next == 0:
+    if not isinstance(t_next, torch.Tensor) and t_next == 0:
         return x0, None, x0
     if noise is None:
         raise ValueError("stochastic_step needs noise= (white N(0,1) of x's shape)")
-    snr_ratio = 0.0 if t >= 1 else ((1 - t) / t) ** 2 / ((1 - t_next) / t_next) ** 2
-    s = eta * t_next * math.sqrt(max(0.0, 1 - snr_ratio))
-    eps = (x - (1 - t) * x0) / t
-    x_next = (1 - t_next) * x0 + math.sqrt(max(0.0, t_next**2 - s**2)) * eps + s * noise
-    return x_next, None, x0
+    tt = torch.as_tensor(t, dtype=torch.float64)
+    tn = torch.as_tensor(t_next, dtype=torch.float64)
+    # SNR(t)/SNR(t') = ((1-t) t' / ((1-t') t))^2, which is 0 at t = 1 and 1 at t' = t
+    ratio = torch.where(tn > 0, ((1 - tt) * tn / ((1 - tn) * tt)) ** 2, torch.zeros_like(tn))
+    s = eta * tn * torch.sqrt((1 - ratio).clamp_min(0))
+    keep = torch.sqrt((tn**2 - s**2).clamp_min(0))
+    s, keep, tn_x = (_bt(v.to(x.dtype), x) if v.ndim else float(v) for v in (s, keep, tn))
+    eps = (x - (1 - _bt(t, x)) * x0) / _bt(t, x)
+    return (1 - tn_x) * x0 + keep * eps + s * noise, None, x0
 
 
 @dataclass(frozen=True)

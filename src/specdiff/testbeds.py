@@ -127,27 +127,37 @@ class GaussianField:
         for i, stage in enumerate(plan.stages):
             if i > 0:
                 gains, extra = self._transition(plan, i, gains, extra)
-            grid = stage.grid
-
-            def den(x, t, _g=grid):
-                return x * self.wiener_gain(float(t[0]), _g)
-
-            state = None
-            for j in range(stage.steps):
-                t, tn = stage.times[j], stage.times[j + 1]
-                if sv.stochastic:
-                    ones = torch.ones((1, *grid), dtype=torch.float64)
-                    zeros = torch.zeros_like(ones)
-                    a = sv.step(den, ones, t, tn, noise=zeros, eta=eta)[0][0]
-                    b = sv.step(den, zeros, t, tn, noise=ones, eta=eta)[0][0]
+            if stage.steps == 0:
+                continue
+            den = self._denoiser_for(stage.grid)
+            if sv.stochastic:
+                # x' = a x + b z: probe the linear step with (x=1, z=0) and (x=0, z=1)
+                ones = torch.ones((1, 1, *stage.grid), dtype=torch.float64)
+                zeros = torch.zeros_like(ones)
+                for j in range(stage.steps):
+                    t, tn = stage.times[j], stage.times[j + 1]
+                    a = sv.step(den, ones, t, tn, noise=zeros, eta=eta)[0][0, 0]
+                    b = sv.step(den, zeros, t, tn, noise=ones, eta=eta)[0][0, 0]
                     gains = gains * a
                     extra = a**2 * extra + b**2
-                else:
-                    # gains (S, *grid) act as a batch (S, C=1 folded) of states
-                    x = gains.unsqueeze(1)
-                    x, state, _ = sv.step(den_batched(den), x, t, tn, state=state)
-                    gains = x.squeeze(1)
+            else:
+                # the gains of every noise source form a batch (S, 1, *grid); one
+                # step at a time keeps the working set in cache
+                x, state = gains.unsqueeze(1), None
+                for j in range(stage.steps):
+                    x, state, _ = sv.step(den, x, stage.times[j], stage.times[j + 1], state=state)
+                gains = x.squeeze(1)
         return (gains**2).sum(0) + extra
+
+    def _denoiser_for(self, grid):
+        """Wiener filter acting on DCT-domain states ``(S, 1, *grid)`` (one time per call)."""
+        p = self.variance(grid)
+
+        def den(x, t, **cond):
+            tt = float(t[0])
+            return x * ((1 - tt) * p / ((1 - tt) ** 2 * p + tt**2))
+
+        return den
 
     def _transition(self, plan: Plan, i: int, gains, extra):
         prev, nxt = plan.stages[i - 1], plan.stages[i]
@@ -173,6 +183,16 @@ class GaussianField:
         fresh = torch.full((1, *new), t_start, dtype=torch.float64)
         return torch.cat([g2, fresh]), e2
 
+    def metrics(self, plan: Plan, solver="euler", **kw) -> dict[str, float]:
+        """``{"w2": ..., "kl": ...}`` from one closed-form evaluation (see :meth:`w2`, :meth:`kl`)."""
+        v = self.output_variance(plan, solver, **kw)
+        p = self.variance()
+        r = v / p
+        return {
+            "w2": math.sqrt(float(((v.sqrt() - p.sqrt()) ** 2).sum()) / p.numel()),
+            "kl": float(0.5 * (r - 1 - torch.log(r)).sum()) / p.numel(),
+        }
+
     def w2(self, plan: Plan, solver="euler", **kw) -> float:
         """Exact W2 between the plan's output law and the field, RMS per element.
 
@@ -180,16 +200,11 @@ class GaussianField:
         ``W2^2 = sum_k (sqrt(v_k) - sqrt(P_k))^2``; reported as
         ``sqrt(W2^2 / N)``.
         """
-        v = self.output_variance(plan, solver, **kw)
-        p = self.variance()
-        return math.sqrt(float(((v.sqrt() - p.sqrt()) ** 2).sum()) / p.numel())
+        return self.metrics(plan, solver, **kw)["w2"]
 
     def kl(self, plan: Plan, solver="euler", **kw) -> float:
         """``KL(output || field)`` per element (nats), exact."""
-        v = self.output_variance(plan, solver, **kw)
-        p = self.variance()
-        r = v / p
-        return float(0.5 * (r - 1 - torch.log(r)).sum()) / p.numel()
+        return self.metrics(plan, solver, **kw)["kl"]
 
     def w2_from_samples(self, samples: torch.Tensor) -> float:
         """W2 (RMS per element) of the Gaussian matched to ``samples``' per-coefficient
@@ -199,15 +214,6 @@ class GaussianField:
         v = (c**2).mean(dim=(0, 1))
         p = self.variance()
         return math.sqrt(float(((v.sqrt() - p.sqrt()) ** 2).sum()) / p.numel())
-
-
-def den_batched(den):
-    """Adapt a per-grid gain denoiser to ``(S, 1, *grid)`` batches."""
-
-    def f(x, t, **cond):
-        return den(x.squeeze(1), t).unsqueeze(1)
-
-    return f
 
 
 class EmpiricalDenoiser:
