@@ -163,7 +163,7 @@ def _allocate(ev, grids, tstars, profiles, base, ok, max_cost):
 
 def optimal_plan(testbed, times, *, grid: Sequence[int] | None = None, solver="euler",
                  target_w2: float | None = None, tolerance: float = 0.0,
-                 quality: str = "w2",
+                 quality: str = "w2+kl",
                  cost_model="tokens", max_stages: int = 3,
                  scales: Sequence[float] = DEFAULT_SCALES,
                  deltas: Sequence[float] = DEFAULT_DELTAS,
@@ -178,11 +178,11 @@ def optimal_plan(testbed, times, *, grid: Sequence[int] | None = None, solver="e
             the default target and its profile spaces the steps.
         target_w2: quality to reach (RMS W2 per element); default: the full
             grid's W2 times ``1 + tolerance``.
-        quality: ``"w2"`` (the target above) or ``"w2+kl"`` (also keep the exact
-            KL at most the baseline's times ``1 + tolerance``). W2 is dominated by
-            the few high-power low frequencies; KL weighs every frequency by its
-            relative error, so ``"w2+kl"`` stops the search from trading away
-            high-frequency fidelity.
+        quality: ``"w2+kl"`` (default: the W2 target and the exact KL at most
+            the baseline's times ``1 + tolerance``) or ``"w2"`` alone. W2 is
+            dominated by the few high-power low frequencies; KL weighs every
+            frequency by its relative error, so the KL constraint stops the
+            search from trading away high-frequency fidelity for W2.
         cost_model: see :meth:`Plan.cost`.
         max_stages: 1 to 3 stages are searched.
         scales, deltas: candidate coarse scales and per-transition SPD tolerances.

@@ -113,7 +113,8 @@ def compare_on_testbed(
         matched: dict[int, Plan] = {}
         for family, p in plans:
             rows.append(_row(field, p, solver, family, base_cost, base_w2, cost_model))
-            if family.startswith("spd") or family.startswith("optimal"):
+            two_stage_keep = family == "spd keep" and len(p.stages) == 2
+            if two_stage_keep or family == "optimal":
                 n = _matched_steps(p.cost(cost_model, solver), times_fn, grid, solver, cost_model)
                 matched.setdefault(n, full_plan(times_fn(n), grid).with_name(f"full {n} steps"))
         for n in sorted(matched, reverse=True):

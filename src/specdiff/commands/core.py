@@ -172,6 +172,7 @@ def cmd_schedule(args) -> int:
 
 
 def _snr_plot(path, spec, grid, scales, rows, multiple):
+    """Per-frequency SNR curves; each coarse stage's Nyquist curve bold, switches marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,19 +183,29 @@ def _snr_plot(path, spec, grid, scales, rows, multiple):
 
     t = np.linspace(0.999, 0.001, 400)
     wmax = min(grid[-2:]) / 2
+
+    def snr(w, tt):
+        return ((1 - tt) / tt) ** 2 * spec.A * w ** (-spec.beta)
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for w in np.geomspace(1, wmax, 6):
-        snr = ((1 - t) / t) ** 2 * spec.A * w ** (-spec.beta)
-        ax.plot(t, snr, label=f"w={w:.1f}")
+    for w in np.geomspace(1, wmax, 5):
+        ax.plot(t, snr(w, t), lw=0.8, alpha=0.6, label=f"w={w:.1f}")
+    grids = stage_grids(grid, scales, multiple=multiple)
+    for g in grids[:-1]:
+        w = min(g[-2:]) / 2
+        ax.plot(t, snr(w, t), lw=2.2, label=f"w={w:g} (Nyquist of {g[-2]}x{g[-1]})")
+    for r in rows:
+        for i, st in enumerate(r["stages"][:-1]):
+            w = min(grids[i][-2:]) / 2
+            ts = st["t_star"]
+            ax.plot([ts], [snr(w, ts)], "ko", ms=5)
+            ax.annotate(f"delta={r['delta']:g}: switch at step {r['switch_steps'][i]}",
+                        (ts, snr(w, ts)), textcoords="offset points", xytext=(6, -12), fontsize=7)
     ax.set_yscale("log")
     ax.invert_xaxis()
-    grids = stage_grids(grid, scales, multiple=multiple)
-    for r in rows:
-        for st, g in zip(r["stages"][:-1], grids, strict=False):
-            ax.axvline(st["t_end"], ls="--", lw=0.8, color="k")
-            ax.text(st["t_end"], 1e-3, f"d={r['delta']:g} {g[-2]}>", rotation=90, fontsize=7)
     ax.set_xlabel("t (1 = noise)")
     ax.set_ylabel("per-frequency SNR ((1-t)/t)^2 P(w)")
+    ax.set_title(f"A={spec.A:g}, beta={spec.beta:g}, grid {'x'.join(map(str, grid))}", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
