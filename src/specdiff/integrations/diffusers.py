@@ -1,0 +1,337 @@
+"""``SpectralPipeline``: progressive (SPD) sampling for a diffusers pipeline, in one line.
+
+::
+
+    from specdiff.integrations.diffusers import SpectralPipeline
+    sp = SpectralPipeline.from_pipe(pipe)          # shares pipe's modules, copies nothing
+    image = sp("a photo of a cat", num_inference_steps=50, generator=g,
+               scales=(0.5, 1.0), delta=0.01).images[0]
+
+``sp(...)`` takes the pipeline's own arguments (prompts or embeddings, size,
+steps, guidance, ``num_images_per_prompt``, ``generator``, ``latents``,
+``output_type``, ``return_dict``, attention kwargs, ``callback_on_step_end``)
+plus the SPD ones, and returns what ``pipe(...)`` returns. ``scales=(1.0,)``
+is plain sampling and reproduces ``pipe(...)`` to float rounding.
+
+How a call runs (DESIGN.md section 7): the family adapter
+(:mod:`specdiff.integrations.families`) mirrors the pipeline's preamble
+(checks, ``encode_prompt``, the initial noise exactly as ``prepare_latents``
+draws it), builds the time grid from a private copy of the pipeline's scheduler
+at full resolution (FLUX mu from the full-res token count, SD3's shift, Wan's
+flow shift, SDXL's sigmas as flow times ``s / (1 + s)``), and exposes the
+pipeline's denoiser module (called as a module, so user hooks, offloading and
+compile wrappers keep working) as a specdiff ``Denoiser``. The loop is
+:func:`specdiff.sample` with the solver that reproduces the pipeline's
+scheduler (Euler, or UniPC for Wan); its state is float32 whatever the model
+dtype. The seed-coupled start projects the full-resolution noise onto the
+first stage's grid; each expansion fills the new frequencies with the same
+noise's band, so no global RNG is ever used. Nothing on the pipeline is left
+changed: its scheduler is never stepped, the loop attributes it exposes to
+callbacks (``_guidance_scale``, ``_interrupt``, ...) are restored afterwards,
+and position patches (``positions="stretched"``) are removed.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+
+from ..plans import Plan, full_plan, spd_plan, stage_grids
+from ..sampling import coupling_basis, sample
+from ..spectral import project_noise, resize
+from .families import find_adapter
+from .families.base import Interrupted
+
+__all__ = ["SpectralPipeline"]
+
+# Loop state the pipelines keep on themselves for callbacks and properties;
+# we set it like the pipeline does and restore it afterwards.
+_STATE_ATTRS = (
+    "_guidance_scale", "_guidance_scale_2", "_guidance_rescale", "_joint_attention_kwargs",
+    "_attention_kwargs", "_cross_attention_kwargs", "_clip_skip", "_denoising_end",
+    "_current_timestep", "_interrupt", "_num_timesteps", "_skip_layer_guidance_scale",
+)
+_MISSING = object()
+
+
+class SpectralPipeline:
+    """Progressive-resolution sampling around an existing diffusers pipeline.
+
+    Build with :meth:`from_pipe`. Attribute access falls through to the wrapped
+    pipeline (``sp.vae is pipe.vae``); nothing is copied.
+    """
+
+    def __init__(self, pipe):
+        self.__dict__["_pipe"] = pipe
+        self.__dict__["_adapter_cls"] = find_adapter(pipe)
+
+    @classmethod
+    def from_pipe(cls, pipe) -> SpectralPipeline:
+        """Wrap ``pipe`` (``FluxPipeline``, ``StableDiffusion3Pipeline``,
+        ``StableDiffusionXLPipeline`` or ``WanPipeline``; a ValueError otherwise)."""
+        return cls(pipe)
+
+    @property
+    def pipe(self):
+        return self.__dict__["_pipe"]
+
+    @property
+    def family(self) -> str:
+        return self._adapter_cls.family
+
+    def __getattr__(self, name):
+        pipe = self.__dict__.get("_pipe")
+        if name.startswith("__") or pipe is None:
+            raise AttributeError(name)
+        return getattr(pipe, name)
+
+    def __repr__(self) -> str:
+        return f"SpectralPipeline({type(self.pipe).__name__}, family={self.family})"
+
+    # ------------------------------------------------------------------
+    def __call__(self, *args, scales: Sequence[float] = (0.5, 1.0), delta=0.01,
+                 spectrum=None, transition: str = "dct", plan: Plan | None = None,
+                 solver: str = "auto", positions: str = "native", coupled: bool = True,
+                 **kwargs):
+        """Run the pipeline with a progressive plan.
+
+        Args:
+            *args, **kwargs: exactly the pipeline's ``__call__`` arguments.
+            scales: stage sizes relative to the full latent grid, increasing to
+                1.0; ``(1.0,)`` is plain sampling (reproduces ``pipe(...)``).
+            delta: SPD noise-dominated tolerance (one value or one per
+                transition); larger is faster and switches later in quality.
+            spectrum: data power law for the switch times: a name in
+                ``specdiff.plans.SPECTRA`` (``"flux"``, ``"wan"``), a
+                ``PowerSpectrum`` or ``(A, beta)`` from ``specdiff analyze``.
+                ``None`` uses the family's known VAE constants (FLUX, Wan).
+            transition: ``"dct"`` (SPD), ``"fft"`` or ``"haar"``.
+            plan: any :class:`specdiff.plans.Plan` whose ``full_grid`` is this
+                call's latent grid (overrides scales/delta/spectrum); build the
+                time grid with :meth:`get_plan` ``(..., scales=(1.0,))``.
+            solver: ``"auto"`` reproduces the pipeline's scheduler (Euler or
+                UniPC); or ``"euler"``, ``"heun"``, ``"dpmpp_2m"``, ``"unipc"``.
+            positions: ``"native"`` (a coarse stage gets the positions of an
+                image of its size) or ``"stretched"`` (each coarse token at the
+                centre of the full-res block it covers; FLUX, SD3, Wan).
+            coupled: seed-coupled noise (default) or fresh noise from ``generator``
+                at each expansion.
+
+        Returns:
+            What ``pipe(...)`` returns for the same arguments.
+        """
+        with torch.no_grad():
+            return self._run(args, kwargs, scales, delta, spectrum, transition, plan, solver,
+                             positions, coupled)
+
+    def get_plan(self, *args, scales: Sequence[float] = (0.5, 1.0), delta=0.01, spectrum=None,
+                 transition: str = "dct", positions: str = "native", **kwargs) -> Plan:
+        """The :class:`Plan` that ``sp(*args, **kwargs, scales=..., delta=...)`` would walk
+        (time grid from the pipeline's scheduler at full resolution). Draws no noise."""
+        pipe = self.pipe
+        saved = _snapshot(pipe)
+        try:
+            with torch.no_grad():
+                kw = self._bind(args, kwargs)
+                ad = self._adapter_cls(pipe, kw, positions=positions, dry=True)
+                return self._make_plan(ad, scales, delta, spectrum, transition)
+        finally:
+            _restore(pipe, saved)
+
+    # ------------------------------------------------------------------
+    def _bind(self, args, kwargs) -> dict:
+        pipe = self.pipe
+        sig = inspect.signature(type(pipe).__call__)
+        bound = sig.bind(pipe, *args, **kwargs)  # TypeError for unknown arguments, like pipe()
+        bound.apply_defaults()
+        kw = dict(bound.arguments)
+        kw.pop("self", None)
+        extra = kw.pop("kwargs", None) or {}
+        unknown = sorted(set(extra) - {"callback", "callback_steps"})
+        if unknown:
+            raise TypeError(f"{type(pipe).__name__}.__call__() got an unexpected keyword argument "
+                            f"{unknown[0]!r}")
+        if extra:
+            raise ValueError(f"{self.family}: the deprecated `callback`/`callback_steps` are not "
+                             "supported; use callback_on_step_end")
+        try:
+            from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+            cb = kw.get("callback_on_step_end")
+            if isinstance(cb, PipelineCallback | MultiPipelineCallbacks):
+                kw["callback_on_step_end_tensor_inputs"] = cb.tensor_inputs
+        except ImportError:  # pragma: no cover - older diffusers
+            pass
+        return kw
+
+    def _make_plan(self, ad, scales, delta, spectrum, transition) -> Plan:
+        grid = ad.grid
+        sc = _check_scales(scales)
+        if sc == (1.0,):
+            return full_plan(ad.times, grid)
+        if spectrum is None:
+            spectrum = ad.default_spectrum
+            if spectrum is None:
+                raise ValueError(
+                    f"{ad.family}: no known latent spectrum for this VAE; fit one with "
+                    "`specdiff analyze --vae PATH --images DIR` and pass spectrum=(A, beta), or "
+                    "borrow FLUX's with spectrum='flux'")
+        self._check_stage_sizes(ad, grid, sc)
+        return spd_plan(ad.times, grid, sc, spectrum=spectrum, delta=delta,
+                        transition=transition, multiple=ad.multiple, axes=2)
+
+    @staticmethod
+    def _check_stage_sizes(ad, grid, scales) -> None:
+        m = ad.multiple
+        grids = stage_grids(grid, scales, multiple=m, axes=2)
+        vsf = _vae_scale(ad.pipe)
+        for s, g in zip(scales[:-1], grids[:-1], strict=True):
+            for full_side, side in zip(grid[-2:], g[-2:], strict=True):
+                want = full_side * s
+                if side >= full_side or abs(side - want) > 0.1 * want:
+                    hint = ""
+                    if abs(1 / s - round(1 / s)) < 1e-9 and vsf:
+                        hint = f" (pixel sides that are multiples of {int(round(vsf * m / s))})"
+                    raise ValueError(
+                        f"{ad.family}: scale {s:g} of the {'x'.join(map(str, grid))} latent grid "
+                        f"asks for a side of {want:g}, but {ad.packing or 'the model'} needs stage "
+                        f"sides that are multiples of {m} (nearest: {side}); use a height/width "
+                        f"whose latent side times {s:g} is a multiple of {m}{hint}, or other scales")
+
+    def _check_plan(self, ad, plan) -> Plan:
+        if not isinstance(plan, Plan):
+            raise ValueError("plan must be a specdiff.plans.Plan (see SpectralPipeline.get_plan)")
+        if tuple(plan.full_grid) != tuple(ad.grid):
+            raise ValueError(
+                f"plan.full_grid {tuple(plan.full_grid)} does not match this call's latent grid "
+                f"{tuple(ad.grid)}; build the plan for this height/width (sp.get_plan(...))")
+        for st in plan.stages:
+            if st.grid[:-2] != tuple(ad.grid[:-2]):
+                raise ValueError(f"{ad.family}: plan stages may change only the last two axes "
+                                 f"(got {st.grid} for {ad.grid})")
+            if any(s % ad.multiple for s in st.grid[-2:]):
+                raise ValueError(f"{ad.family}: stage grid {st.grid} is not a multiple of "
+                                 f"{ad.multiple} ({ad.packing})")
+            ad.check_grid(st.grid)
+        return plan
+
+    def _run(self, args, kwargs, scales, delta, spectrum, transition, plan, solver, positions,
+             coupled):
+        pipe = self.pipe
+        saved = _snapshot(pipe)
+        try:
+            kw = self._bind(args, kwargs)
+            ad = self._adapter_cls(pipe, kw, positions=positions)
+            if plan is None:
+                plan = self._make_plan(ad, scales, delta, spectrum, transition)
+            else:
+                plan = self._check_plan(ad, plan)
+            for st in plan.stages:
+                ad.check_grid(st.grid)
+            sv = ad.solver(solver, plan)
+            basis = coupling_basis(plan.transition)
+            noise = _start_noise(ad.noise, plan, ad.start_scale, basis)
+            user_cb = kw.get("callback_on_step_end")
+            names = kw.get("callback_on_step_end_tensor_inputs") or ["latents"]
+
+            with pipe.progress_bar(total=plan.steps) as bar, ad.positions_context():
+
+                def on_step(info):
+                    i = info["index"]
+                    ad.step_index = i + 1
+                    x, t_next = info["x"], float(info["t_next"])
+                    new_x = None
+                    if user_cb is not None:
+                        cbk = ad.callback_inputs(names, x, t_next)
+                        given = cbk.get("latents")
+                        cbk["stage"] = info["stage"]
+                        out = user_cb(pipe, i, ad.timestep(float(info["t"]))[0], cbk) or {}
+                        lat = out.pop("latents", None)
+                        if lat is not None and lat is not given:
+                            want = (given if given is not None else ad.to_latents(x, t_next)).shape
+                            if tuple(lat.shape) != tuple(want):
+                                raise ValueError(
+                                    f"callback_on_step_end returned latents of shape "
+                                    f"{tuple(lat.shape)}; in stage {info['stage']} they must "
+                                    f"keep the stage's shape {tuple(want)}")
+                            new_x = ad.from_latents(lat, t_next, x.shape[2:])
+                        for name in ad.callback_tensors:
+                            if name in out and out[name] is not ad.tensors.get(name):
+                                ad.tensors[name] = out[name]
+                    bar.update()
+                    if getattr(pipe, "_interrupt", False):
+                        raise Interrupted(new_x if new_x is not None else x, t_next)
+                    return new_x
+
+                gen = kw.get("generator")
+                try:
+                    x = sample(ad, plan, solver=sv, noise=noise, generator=gen,
+                               callback=on_step, coupled=coupled)
+                except Interrupted as stop:
+                    x = stop.x
+                    if tuple(x.shape[2:]) != tuple(plan.full_grid):
+                        # decode what there is, at full size: expand with the same noise band
+                        x = resize(x, stop.t, plan.full_grid, noise=noise.to(x),
+                                   basis=basis if basis in ("dct", "fft", "haar") else "dct")[0]
+            pipe._current_timestep = None
+            result = ad.decode(x)
+            pipe.maybe_free_model_hooks()
+            return ad.wrap_output(result)
+        finally:
+            _restore(pipe, saved)
+
+
+# ----------------------------------------------------------------------
+def _check_scales(scales) -> tuple[float, ...]:
+    try:
+        sc = tuple(float(s) for s in scales)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"scales must be a sequence of numbers such as (0.5, 1.0), got {scales!r}") from None
+    if not sc or abs(sc[-1] - 1.0) > 1e-9:
+        raise ValueError(f"scales must end at 1.0 (the full-resolution grid), e.g. (0.5, 1.0); "
+                         f"got {tuple(scales)}")
+    if any(s <= 0 for s in sc) or any(b <= a for a, b in zip(sc, sc[1:])):
+        raise ValueError(f"scales must be positive and strictly increasing to 1.0, e.g. "
+                         f"(0.25, 0.5, 1.0); got {tuple(scales)}")
+    return sc[:-1] + (1.0,)
+
+
+def _vae_scale(pipe) -> int | None:
+    v = getattr(pipe, "vae_scale_factor", None) or getattr(pipe, "vae_scale_factor_spatial", None)
+    return int(v) if v else None
+
+
+def _start_noise(noise: torch.Tensor, plan: Plan, c: float, basis: str) -> torch.Tensor:
+    """Full-res noise whose projection onto the first stage's grid is ``c`` times that of
+    ``noise`` while every band beyond that grid is ``noise``'s own.
+
+    Pipelines whose first state is not unit noise at ``t[0]`` (SDXL: ``init_noise_sigma``
+    times the noise, i.e. ``c = init_noise_sigma / (1 + sigma_max)`` in the flow frame) get
+    the right coarse start, and the expansions still fill new bins with exactly white
+    noise of variance ``t^2``."""
+    if c == 1.0:
+        return noise
+    first = plan.stages[0].grid
+    if tuple(first) == tuple(noise.shape[2:]):
+        return noise * c
+    low = project_noise(noise, first, basis)
+    emb = resize(low, 1.0, noise.shape[2:], noise=torch.zeros_like(noise), basis=basis)[0]
+    return noise + (c - 1.0) * emb
+
+
+def _snapshot(pipe) -> dict:
+    d = pipe.__dict__
+    return {k: d.get(k, _MISSING) for k in _STATE_ATTRS}
+
+
+def _restore(pipe, saved: dict) -> None:
+    d = pipe.__dict__
+    for k, v in saved.items():
+        if v is _MISSING:
+            d.pop(k, None)
+        else:
+            d[k] = v
+

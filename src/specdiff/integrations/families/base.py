@@ -1,0 +1,341 @@
+"""What every diffusers family adapter shares (one call of a pipeline, in our frame).
+
+An adapter instance is created per ``SpectralPipeline.__call__``. Its family
+subclass mirrors the front and back of the pipeline's own ``__call__`` (input
+checks, prompt encoding through ``pipe.encode_prompt``, the initial noise
+drawn exactly as ``prepare_latents`` draws it, decoding) and supplies the
+model call of one denoising step; this base class turns that into a specdiff
+``Denoiser`` in the rectified-flow frame and owns what is common: the time
+grid read from a private copy of the pipeline's scheduler, the exact
+scheduler timestep for every grid time, the conversion VP <-> flow, the
+callback layout, the solver matching the scheduler, and cache resets.
+
+Frames (DESIGN.md section 2): the solver state is the flow state
+``x = (1 - t) x0 + t eps`` in float32 with shape ``(B, C, *grid)`` (grid =
+``(h, w)`` latents, or ``(F, h, w)`` for video). Flow schedulers (FLUX, SD3,
+Wan) use ``t = sigma`` and the model predicts the velocity ``eps - x0``. VP
+schedulers (SDXL) have the VE state ``x_ve = x0 + s eps = x / (1 - t)`` with
+``t = s / (1 + s)``; the UNet sees ``x_ve / sqrt(1 + s^2)`` and predicts eps or v.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import torch
+
+from ...denoisers import VPDenoiser
+from ...solvers import Solver, get_solver
+
+__all__ = ["Adapter", "Interrupted", "unsupported", "SCHEDULER_SOLVERS"]
+
+#: diffusers scheduler classes whose update we reproduce, and our solver for it.
+SCHEDULER_SOLVERS = {
+    "FlowMatchEulerDiscreteScheduler": "euler",
+    "EulerDiscreteScheduler": "euler",
+    "UniPCMultistepScheduler": "unipc",
+}
+
+
+class Interrupted(Exception):
+    """Raised from the step callback when the user set ``pipe._interrupt``."""
+
+    def __init__(self, x: torch.Tensor, t: float):
+        super().__init__("interrupted")
+        self.x, self.t = x, t
+
+
+def unsupported(kw: dict, names: dict[str, Any], family: str) -> None:
+    """Raise for pipeline arguments this integration does not implement (non-default values)."""
+    for name, default in names.items():
+        value = kw.get(name, default)
+        if value is not default and value != default:
+            raise ValueError(
+                f"{family}: `{name}` is not supported by SpectralPipeline; call the pipeline itself "
+                f"for it (pipe(...)) or leave `{name}` at its default"
+            )
+
+
+def _key(t: float) -> float:
+    """Time as the solver passes it to the denoiser: a float32 value."""
+    return float(torch.tensor(float(t), dtype=torch.float32))
+
+
+class Adapter:
+    """One call of one pipeline family. Subclasses set the class attributes and
+    implement :meth:`prepare`, :meth:`model_output` and :meth:`decode`."""
+
+    family: ClassVar[str] = ""
+    #: diffusers pipeline class names served (matched against the pipeline's MRO)
+    pipeline_classes: ClassVar[tuple[str, ...]] = ()
+    #: name in specdiff.plans.SPECTRA used when spectrum=None (None: must be given)
+    default_spectrum: ClassVar[str | None] = None
+    #: attribute of the pipeline holding the denoiser module
+    denoiser_attr: ClassVar[str] = "transformer"
+    #: pipeline tensors a callback may read and replace (besides "latents")
+    callback_tensors: ClassVar[tuple[str, ...]] = ()
+    #: human description of the latent-size constraint, for error messages
+    packing: ClassVar[str] = ""
+    #: output class name in the pipeline module, and its field
+    positions_supported: ClassVar[tuple[str, ...]] = ("native",)
+
+    def __init__(self, pipe, kw: dict, *, positions: str = "native", dry: bool = False):
+        if positions not in self.positions_supported:
+            raise ValueError(
+                f"{self.family}: positions must be one of {self.positions_supported}, got "
+                f"{positions!r}")
+        self.pipe = pipe
+        self.kw = kw
+        self.positions = positions
+        self.dry = dry  # plan only: draw no noise (leaves the user's generator untouched)
+        self.step_index = 0
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.start_scale = 1.0
+        self._last_grid: tuple[int, ...] | None = None
+        self.prepare()
+
+    # ------------------------------------------------------------------
+    # to implement per family
+    # ------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Check inputs, encode prompts, draw the noise, set the schedule.
+
+        Must set: ``self.noise`` ((B, C, *grid) float32 white noise),
+        ``self.grid``, ``self.device``, ``self.latent_dtype`` and call
+        :meth:`set_schedule`."""
+        raise NotImplementedError
+
+    def model_output(self, x_in: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        """One denoising step's model output (with CFG) for ``x_in`` ((B, C, *grid),
+        already scaled for VP models, in the pipeline's latent dtype): the velocity
+        for flow families, eps or v for VP ones. Shape of ``x_in``."""
+        raise NotImplementedError
+
+    def decode(self, x: torch.Tensor):
+        """Full-resolution flow state at t = 0 -> what the pipeline returns (before
+        ``return_dict`` handling): images / frames, or latents in the pipeline's layout."""
+        raise NotImplementedError
+
+    def wrap_output(self, result):
+        """``return_dict`` handling, as the pipeline does it."""
+        raise NotImplementedError
+
+    @property
+    def multiple(self) -> int:
+        """Every stage's spatial latent sides must be multiples of this (patching/packing)."""
+        return 1
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """Flow-frame state (B, C, *grid) -> the pipeline's latent layout (same frame)."""
+        return x
+
+    def unpack(self, latents: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+        """Inverse of :meth:`pack` for a tensor on ``grid``."""
+        return latents
+
+    @contextmanager
+    def positions_context(self):
+        """Temporary patches for the position encoding (removed on exit)."""
+        yield
+
+    def check_grid(self, grid: tuple[int, ...]) -> None:
+        """Raise a ValueError if the model cannot run on this latent grid."""
+
+    # ------------------------------------------------------------------
+    # schedule
+    # ------------------------------------------------------------------
+    @property
+    def flow(self) -> bool:
+        sched = self.scheduler
+        name = type(sched).__name__
+        if name.startswith("FlowMatch"):
+            return True
+        return bool(getattr(sched.config, "use_flow_sigmas", False)) or \
+            getattr(sched.config, "prediction_type", None) == "flow_prediction"
+
+    def fresh_scheduler(self):
+        """A private copy of the pipeline's scheduler (the user's one is never touched).
+
+        A deep copy rather than ``from_config`` keeps runtime state set outside
+        the config (e.g. ``set_shift``)."""
+        return copy.deepcopy(self.pipe.scheduler)
+
+    def set_schedule(self, sched) -> None:
+        """Read the time grid and the timestep of every grid time from a scheduler on
+        which ``set_timesteps`` has been called exactly as the pipeline calls it."""
+        self.scheduler = sched
+        sig = sched.sigmas.detach().to("cpu", torch.float64).flatten()
+        ts = sched.timesteps.detach().to("cpu")
+        n = len(ts)
+        if len(sig) != n + 1 or float(sig[-1]) != 0.0:
+            raise ValueError(
+                f"{self.family}: the scheduler's sigmas must end at 0 (final_sigmas_type='zero'); "
+                "configure it so or call the pipeline itself")
+        if getattr(sched.config, "invert_sigmas", False):
+            raise ValueError(f"{self.family}: schedulers with invert_sigmas=True are not supported")
+        times = sig if self.flow else sig / (1 + sig)
+        if not bool((times[1:] < times[:-1]).all()) or float(times[0]) > 1:
+            raise ValueError(f"{self.family}: the scheduler's time grid is not strictly decreasing "
+                             f"within [0, 1]: {times.tolist()}")
+        self.times = times
+        self.num_steps = n
+        self._table = {_key(times[i]): (ts[i], float(sig[i])) for i in range(n)}
+        self._num_train = int(getattr(sched.config, "num_train_timesteps", 1000))
+        if not self.flow:
+            self._vp = VPDenoiser(lambda *a: None, sched.alphas_cumprod)
+            self._continuous_v = (getattr(sched.config, "timestep_type", "discrete") == "continuous"
+                                  and sched.config.prediction_type == "v_prediction")
+
+    def timestep(self, t: float) -> tuple[torch.Tensor, float]:
+        """The pipeline's ``t`` (scheduler timestep) and the scheduler sigma for flow time ``t``.
+
+        Grid times map to the scheduler's own entries (bit-exact with the pipeline).
+        Other times (the entry time after a transition, or a user plan's times)
+        map continuously: flow ``1000 t``; VP the fractional training timestep
+        whose sigma is ``t / (1 - t)`` (log-sigma interpolation, as
+        ``EulerDiscreteScheduler._sigma_to_t``)."""
+        hit = self._table.get(_key(t))
+        if hit is not None:
+            return hit
+        if self.flow:
+            return torch.tensor(t * self._num_train, dtype=torch.float32), t
+        sigma = t / (1 - t)
+        if self._continuous_v:
+            return torch.tensor(0.25 * math.log(sigma), dtype=torch.float32), sigma
+        ts = self._vp.timestep_of(torch.tensor([t], dtype=torch.float64))[0]
+        return ts.to(torch.float32), sigma
+
+    # ------------------------------------------------------------------
+    # the Denoiser
+    # ------------------------------------------------------------------
+    @property
+    def denoiser_module(self):
+        return getattr(self.pipe, self.denoiser_attr)
+
+    def reset_caches(self) -> None:
+        """Reset stateful diffusers hooks (block caches etc.) on the denoiser: their
+        cached activations have the previous grid's shape. Only registries that
+        already exist are touched (nothing is added to the module)."""
+        mod = self.denoiser_module
+        for m in mod.modules():
+            reg = m.__dict__.get("_diffusers_hook")
+            if reg is not None:
+                reg.reset_stateful_hooks(recurse=False)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **_unused) -> torch.Tensor:
+        """Denoiser: flow state ``x`` (B, C, *grid) float32 at ``t`` (B,) -> x0_hat (float32)."""
+        grid = tuple(x.shape[2:])
+        if self._last_grid is not None and grid != self._last_grid:
+            self.reset_caches()
+        self._last_grid = grid
+        tf = float(t.reshape(-1)[0])
+        timestep, sigma = self.timestep(tf)
+        self.current_sigma = sigma
+        self.pipe._current_timestep = timestep
+        if self.flow:
+            out = self.model_output(x.to(self.latent_dtype), timestep)
+            return x - sigma * out.to(x.dtype)
+        # VP: x_ve = x (1 + s); the model sees x_ve / sqrt(1 + s^2) (scale_model_input)
+        x_ve = x * (1.0 + sigma)
+        x_in = (x_ve / math.sqrt(sigma * sigma + 1.0)).to(self.latent_dtype)
+        out = self.model_output(x_in, timestep).to(x.dtype)
+        if self.scheduler.config.prediction_type == "v_prediction":
+            return x_ve / (sigma * sigma + 1.0) - (sigma / math.sqrt(sigma * sigma + 1.0)) * out
+        return x_ve - sigma * out
+
+    # ------------------------------------------------------------------
+    # callbacks: the pipeline's latent layout and frame
+    # ------------------------------------------------------------------
+    def to_latents(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """Flow state at ``t`` -> the latents the pipeline's loop would hold (its layout, VE for VP)."""
+        if not self.flow and t > 0:
+            x = x / (1.0 - t)
+        return self.pack(x.to(self.latent_dtype))
+
+    def from_latents(self, latents: torch.Tensor, t: float, grid) -> torch.Tensor:
+        x = self.unpack(latents, tuple(grid)).to(torch.float32)
+        if not self.flow and t > 0:
+            x = x * (1.0 - t)
+        return x
+
+    # ------------------------------------------------------------------
+    # solver
+    # ------------------------------------------------------------------
+    def solver(self, choice, plan) -> Solver:
+        """The solver reproducing the pipeline's scheduler (``"auto"``) or the one asked for."""
+        from ..unipc import unipc_solver
+
+        if choice != "auto":
+            if choice == "unipc":
+                return unipc_solver(plan)
+            return get_solver(choice)
+        sched = self.scheduler
+        name = type(sched).__name__
+        cfg = sched.config
+        if name == "FlowMatchEulerDiscreteScheduler":
+            if getattr(cfg, "stochastic_sampling", False):
+                raise ValueError(f"{self.family}: stochastic_sampling=True is not supported; pass "
+                                 "solver='stochastic' for specdiff's ancestral sampler")
+            return get_solver("euler")
+        if name == "EulerDiscreteScheduler":
+            return get_solver("euler")
+        if name == "UniPCMultistepScheduler":
+            if not cfg.predict_x0 or getattr(sched, "solver_p", None) is not None or \
+                    list(cfg.disable_corrector) or cfg.thresholding:
+                raise ValueError(
+                    f"{self.family}: UniPC is reproduced with predict_x0=True, no solver_p, no "
+                    "disable_corrector and no thresholding; pass solver='unipc' or 'euler' to "
+                    "override")
+            return unipc_solver(plan, order=int(cfg.solver_order), variant=cfg.solver_type,
+                                lower_order_final=bool(cfg.lower_order_final))
+        raise ValueError(
+            f"{self.family}: SpectralPipeline reproduces the schedulers "
+            f"{sorted(SCHEDULER_SOLVERS)}, not {name}; switch the pipeline's scheduler (e.g. "
+            f"pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)) or pass "
+            "solver='euler' (or 'heun', 'dpmpp_2m', 'unipc') to run that solver on this "
+            "scheduler's time grid")
+
+    # ------------------------------------------------------------------
+    # helpers for subclasses
+    # ------------------------------------------------------------------
+    def draw_noise(self, shape, dtype) -> torch.Tensor:
+        """The pipeline's initial noise: ``randn_tensor(shape, generator)`` in the pipeline's
+        dtype (so the same seed gives the same noise as ``pipe(...)``), as float32."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        if self.dry:
+            return torch.zeros(tuple(shape), dtype=torch.float32, device=self.device)
+        gen = self.kw.get("generator")
+        if isinstance(gen, list) and len(gen) != shape[0]:
+            raise ValueError(
+                f"You have passed a list of generators of length {len(gen)}, but requested an "
+                f"effective batch size of {shape[0]}. Make sure the batch size matches the length "
+                "of the generators.")
+        return randn_tensor(tuple(shape), generator=gen, device=self.device,
+                            dtype=dtype).to(torch.float32)
+
+    def cache_context(self, name: str, **kwargs):
+        mod = self.denoiser_module
+        if hasattr(mod, "cache_context"):
+            return mod.cache_context(name, **kwargs)
+        return _null()
+
+    def callback_inputs(self, names, x, t_next) -> dict:
+        out = {}
+        for k in names:
+            if k == "latents":
+                out[k] = self.to_latents(x, t_next)
+            elif k in self.tensors:
+                out[k] = self.tensors[k]
+            else:
+                raise ValueError(f"{self.family}: callback tensor input {k!r} is not available; "
+                                 f"use one of {['latents', *self.callback_tensors]}")
+        return out
+
+
+@contextmanager
+def _null():
+    yield

@@ -1,0 +1,172 @@
+"""Encode a folder of images with a local diffusers VAE, in the pipeline's normalised latent space.
+
+``specdiff analyze --vae PATH --images DIR`` fits the power law ``P(w) = A w^-beta``
+of these latents; the fit is the ``spectrum`` SPD needs for models without
+published constants (SD3, SDXL, fine-tuned VAEs). The latents are normalised
+the way the pipeline feeds them to its denoiser, because that is the space the
+diffusion runs in:
+
+* ``AutoencoderKL`` (FLUX, SD3, SDXL): ``(z - shift_factor) * scaling_factor``,
+  or ``(z - latents_mean) * scaling_factor / latents_std`` when the config
+  has per-channel statistics (the inverse of the SDXL pipeline's decode);
+* ``AutoencoderKLWan`` (and other VAEs with ``latents_mean``/``latents_std`` and
+  no ``scaling_factor``): ``(z - latents_mean) / latents_std`` per channel; images
+  are encoded as one-frame videos.
+
+``z`` is the posterior mean (``latent_dist.mode()``) by default: the spectrum
+of the data, without the encoder's posterior noise, which would add a white
+floor at high frequencies (``sample=True`` draws it instead, seeded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+__all__ = ["encode_images", "load_vae", "normalise_latents", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _vae_folder(vae_path: str) -> str:
+    if not os.path.exists(vae_path):
+        raise FileNotFoundError(f"VAE folder not found: {vae_path}")
+    for folder in (vae_path, os.path.join(vae_path, "vae")):
+        cfg = os.path.join(folder, "config.json")
+        if os.path.isfile(cfg):
+            with open(cfg, encoding="utf-8") as f:
+                if "_class_name" in json.load(f):
+                    return folder
+    raise FileNotFoundError(
+        f"{vae_path} holds no diffusers VAE: give the VAE folder (with config.json and weights) "
+        "or a pipeline folder with a vae/ subfolder")
+
+
+def load_vae(vae_path: str, device="cpu", dtype=torch.float32):
+    """Load a local diffusers VAE (a VAE folder or a pipeline folder with ``vae/``)."""
+    import diffusers
+
+    folder = _vae_folder(vae_path)
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        name = json.load(f)["_class_name"]
+    cls = getattr(diffusers, name, None)
+    if cls is None or not hasattr(cls, "encode"):
+        raise ValueError(f"{folder}: unknown VAE class {name!r} for this diffusers version")
+    vae = cls.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    return vae.to(device).eval()
+
+
+def _is_video_vae(vae) -> bool:
+    return type(vae).__name__ == "AutoencoderKLWan" or (
+        getattr(vae.config, "z_dim", None) is not None
+        and getattr(vae.config, "scaling_factor", None) is None)
+
+
+def normalise_latents(vae, z: torch.Tensor) -> torch.Tensor:
+    """Raw VAE latents ``(N, C, ...)`` -> the pipeline's normalised latent space."""
+    cfg = vae.config
+    mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+    shape = (1, -1) + (1,) * (z.ndim - 2)
+    if _is_video_vae(vae):
+        if mean is None or std is None:
+            raise ValueError(f"{type(vae).__name__}: no latents_mean/latents_std in its config")
+        return (z - torch.tensor(mean).view(shape).to(z)) / torch.tensor(std).view(shape).to(z)
+    sf = float(getattr(cfg, "scaling_factor", 1.0) or 1.0)
+    if mean is not None and std is not None:
+        return (z - torch.tensor(mean).view(shape).to(z)) * sf / torch.tensor(std).view(shape).to(z)
+    shift = float(getattr(cfg, "shift_factor", 0.0) or 0.0)
+    return (z - shift) * sf
+
+
+def _spatial_factor(vae) -> int:
+    if _is_video_vae(vae):
+        return 2 ** len(getattr(vae.config, "temperal_downsample", [0, 0, 0]))
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def _list_images(images_dir: str) -> list[str]:
+    if not os.path.isdir(images_dir):
+        raise FileNotFoundError(f"image folder not found: {images_dir}")
+    files = sorted(os.path.join(images_dir, f) for f in os.listdir(images_dir)
+                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {images_dir}")
+    return files
+
+
+def _load_square(path: str, side: int) -> torch.Tensor:
+    """Centre square crop, resized to ``side`` (antialiased bicubic), as (3, side, side) in [-1, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        im = Image.open(path).convert("RGB")
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    w, h = im.size
+    s = min(w, h)
+    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    if s != side:
+        im = im.resize((side, side), Image.BICUBIC)
+    a = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+
+
+def encode_images(vae_path: str, images_dir: str, *, size: int | None = None, device="cpu",
+                  max_images: int | None = None, batch_size: int = 4,
+                  sample: bool = False, seed: int = 0, progress: bool = True) -> torch.Tensor:
+    """Encode the images in ``images_dir`` with the VAE at ``vae_path``.
+
+    Args:
+        vae_path: local VAE folder, or a pipeline folder with a ``vae/`` subfolder.
+        images_dir: folder of images (png, jpg, webp, ...), read in name order.
+        size: centre-crop each image to a square and resize it to ``size`` pixels
+            (default: the smallest side seen, at most 512), rounded down to a
+            multiple of the VAE's downsampling factor. Fit the spectrum at the
+            resolution you generate at: DCT power at a given frequency in cycles
+            per image scales with the number of latent elements.
+        device: where the VAE runs.
+        max_images: use at most this many images (the first ones by name).
+        sample: draw ``z`` from the posterior (seeded with ``seed``) instead of its mean.
+
+    Returns:
+        ``(N, C, h, w)`` float32 latents on the CPU, normalised as the pipeline's
+        denoiser sees them.
+    """
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    files = _list_images(images_dir)
+    if max_images is not None:
+        if max_images < 1:
+            raise ValueError(f"max_images must be at least 1, got {max_images}")
+        files = files[:max_images]
+    vae = load_vae(vae_path, device=device)
+    f = _spatial_factor(vae)
+    if size is None:
+        smallest = min(min(Image.open(p).size) for p in files)
+        size = min(512, smallest)
+    side = (int(size) // f) * f
+    if side < f:
+        raise ValueError(f"size {size} is smaller than the VAE's downsampling factor {f}")
+    video = _is_video_vae(vae)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(files), batch_size), disable=not progress, desc="encoding"):
+            x = torch.stack([_load_square(p, side) for p in files[i:i + batch_size]]).to(device)
+            if video:
+                x = x.unsqueeze(2)  # (B, 3, 1, H, W): one-frame videos
+            dist = vae.encode(x).latent_dist
+            if sample:
+                eps = torch.randn(dist.mean.shape, generator=gen).to(dist.mean)
+                z = dist.mean + dist.std * eps
+            else:
+                z = dist.mode()
+            z = normalise_latents(vae, z.float())
+            if video:
+                z = z[:, :, 0]
+            out.append(z.cpu())
+    return torch.cat(out)
