@@ -167,3 +167,23 @@ def test_encode_images_errors(images, tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no images"):
         encode_images(str(tmp_path), str(empty))
+
+
+def test_analyze_vae_command_fits_the_latent_spectrum(images, tmp_path, capsys):
+    pipe, _ = tiny_flux()
+    pipe.vae.save_pretrained(str(tmp_path / "vae"))
+    out = tmp_path / "an"
+    code = main(["analyze", "--vae", str(tmp_path / "vae"), "--images", str(images),
+                 "--size", "64", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and "latents of" in text and "A = " in text
+    spec = json.loads((out / "spectrum.json").read_text())
+    assert spec["grid"] == [8, 8] and spec["frames"] == 3 * 16  # 3 images x 16 channels
+    # the fit is of exactly the latents encode_images returns
+    from specdiff.spectral import fit_power_law, rapsd
+
+    z = encode_images(str(tmp_path / "vae"), str(images), size=64, progress=False)
+    f, p = rapsd(z.double())
+    A, beta = fit_power_law(f, p, fmin=1.0)
+    assert spec["A"] == pytest.approx(A) and spec["beta"] == pytest.approx(beta)
+    assert main(["analyze", "--vae", str(tmp_path / "vae")]) == 2  # --images missing
