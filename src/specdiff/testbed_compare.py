@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from .fileio import atomic_write_text, save_figure
 from .optimize import optimal_plan
 from .plans import (
     Plan,
@@ -158,19 +158,6 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 def save_results(rows: Sequence[Row], out_dir: str, extra: dict | None = None) -> list[str]:
     """Write ``testbed.md``, ``testbed.json`` and ``pareto.png`` (W2 vs cost) to ``out_dir``."""
@@ -206,10 +193,7 @@ def pareto_plot(rows: Sequence[Row], path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)
 
 
 def fmt_float(x: float) -> str:

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
 import torch
 
 from ..cli import CLIError
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _size(text: str) -> tuple[int, int]:
-    parts = text.lower().replace("x", " ").replace(",", " ").split()
-    try:
-        vals = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 1024x1024 or 128, got {text!r}") from None
-    if len(vals) == 1:
-        vals = vals * 2
-    if len(vals) != 2 or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"size must look like 1024x1024 or 128, got {text!r}")
-    return vals[0], vals[1]
+from ..fileio import atomic_write_text, save_figure
+from ._args import floats as _floats
+from ._args import size as _size
 
 
 def register(sub) -> None:
@@ -209,11 +191,7 @@ def _snr_plot(path, spec, grid, scales, rows, multiple):
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)
 
 
 def cmd_testbed(args) -> int:
@@ -390,7 +368,6 @@ def cmd_analyze(args) -> int:
     png = os.path.join(args.out, "rapsd.png")
     _rapsd_plot(png, freqs, power, A, beta, what)
     js = os.path.join(args.out, "spectrum.json")
-    from ..testbed_compare import atomic_write_text
 
     atomic_write_text(js, json.dumps({"A": A, "beta": beta, "grid": list(grid),
                                       "frames": int(data.shape[0]),
@@ -416,7 +393,4 @@ def _rapsd_plot(path, freqs, power, A, beta, title):
     ax.legend()
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=110)

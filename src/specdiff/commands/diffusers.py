@@ -11,36 +11,14 @@ interrupted run resumes where it stopped.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
 
 from ..cli import CLIError
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        vals = [float(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not vals:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return vals
-
-
-def _size(text: str) -> tuple[int, int]:
-    parts = text.lower().replace("x", " ").replace(",", " ").split()
-    try:
-        vals = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 1024x1024 or 1024, got {text!r}") \
-            from None
-    if len(vals) == 1:
-        vals = vals * 2
-    if len(vals) != 2 or min(vals) < 1:
-        raise argparse.ArgumentTypeError(f"size must look like 1024x1024 or 1024, got {text!r}")
-    return vals[0], vals[1]
+from ..fileio import atomic_write, atomic_write_json
+from ._args import floats as _floats
+from ._args import size as _size
 
 
 def register(sub) -> None:
@@ -116,23 +94,6 @@ def shard(n: int, rank: int, world: int) -> list[int]:
     """Indices of the prompts rank ``rank`` of ``world`` generates: ``i % world == rank``."""
     return [i for i in range(n) if i % world == rank]
 
-
-def _atomic_save(obj_writer, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        obj_writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_json(path: str, data: dict) -> None:
-    def w(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-
-    _atomic_save(w, path)
 
 
 def _spectrum(text):
@@ -252,14 +213,14 @@ def _generate(args, prompts, rank, world, device, tqdm) -> int:
             if video:
                 frames = [Image.fromarray((np.clip(f, 0, 1) * 255).round().astype(np.uint8))
                           for f in np.asarray(items[j])]
-                _atomic_save(lambda tmp, fr=frames: fr[0].save(
+                atomic_write(path, lambda tmp, fr=frames: fr[0].save(
                     tmp, format="GIF", save_all=True, append_images=fr[1:],
-                    duration=int(1000 / args.fps), loop=0), path)
+                    duration=int(1000 / args.fps), loop=0))
             else:
-                _atomic_save(lambda tmp, im=items[j]: im.save(tmp, format="PNG"), path)
+                atomic_write(path, lambda tmp, im=items[j]: im.save(tmp, format="PNG"))
             files.append(name)
         # the record is written last: its presence marks the prompt as done (resume)
-        _write_json(meta_path, {"index": i, "prompt": rec["prompt"], "negative_prompt": neg,
+        atomic_write_json(meta_path, {"index": i, "prompt": rec["prompt"], "negative_prompt": neg,
                                 "seed": seed, "seeds": [seed + 1000003 * j for j in range(k)],
                                 "files": files, "rank": rank, "world_size": world,
                                 "seconds": round(seconds, 3), "pipeline": args.pipeline,
