@@ -22,13 +22,8 @@ SPECTRUM = {"flux": None, "sd3": "flux", "sdxl": "flux", "wan": None}
 NUM_PER_PROMPT = {"wan": "num_videos_per_prompt"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # The tiny models are ~100x faster single-threaded on a shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# The tiny models are ~100x faster single-threaded on a shared machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 _CACHE = {}

@@ -14,13 +14,8 @@ from specdiff.integrations.tiny import TINY_BUILDERS, TokenCounter  # noqa: E402
 from specdiff.plans import flux_times, fraction_plan, full_plan, spd_plan  # noqa: E402
 from specdiff.spectral import dct  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# The tiny models are ~100x faster single-threaded on a shared machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 _CACHE = {}

@@ -89,11 +89,13 @@ def _solve(R, b) -> list[float]:
     return [float(v) for v in sol]
 
 
-def _predict(x, t_s0, t_next, outputs, times, order, variant):
-    """UniP-B(h): from ``x`` at ``t_s0`` (latest estimate ``outputs[-1]``) to ``t_next``."""
+def _step_terms(t_s0, t, outputs, times, order, variant):
+    """What UniP and UniC share for a step from ``t_s0`` to ``t``: the latest estimate
+    ``m0``, the scaled differences ``d1s`` of earlier estimates, the B(h) coefficients
+    and the flow ``alpha``/``sigma`` at both ends."""
     m0 = outputs[-1]
-    lam_s0, lam_t = _lam(t_s0), _lam(t_next)
-    h = lam_t - lam_s0
+    lam_s0 = _lam(t_s0)
+    h = _lam(t) - lam_s0
     rks, d1s = [], []
     for k in range(1, order):
         rk = (_lam(times[-(k + 1)]) - lam_s0) / h
@@ -101,8 +103,15 @@ def _predict(x, t_s0, t_next, outputs, times, order, variant):
         d1s.append((outputs[-(k + 1)] - m0) / rk)
     rks.append(1.0)
     h_phi_1, b_h, R, b = _coefficients(h, rks, order, variant)
-    a_t, s_t = _alpha_sigma(t_next)
+    a_t, s_t = _alpha_sigma(t)
     _, s_s0 = _alpha_sigma(t_s0)
+    return m0, d1s, h_phi_1, b_h, R, b, a_t, s_t, s_s0
+
+
+def _predict(x, t_s0, t_next, outputs, times, order, variant):
+    """UniP-B(h): from ``x`` at ``t_s0`` (latest estimate ``outputs[-1]``) to ``t_next``."""
+    m0, d1s, h_phi_1, b_h, R, b, a_t, s_t, s_s0 = _step_terms(t_s0, t_next, outputs, times, order,
+                                                              variant)
     x_t = (s_t / s_s0) * x - (a_t * h_phi_1) * m0
     if d1s:
         rhos = [0.5] if order == 2 else _solve([r[:-1] for r in R[:-1]], b[:-1])
@@ -113,19 +122,8 @@ def _predict(x, t_s0, t_next, outputs, times, order, variant):
 
 def _correct(m_t, last_sample, t_s0, t, outputs, times, order, variant):
     """UniC-B(h): recompute the sample at ``t`` from ``last_sample`` (at ``t_s0``) using ``m_t``."""
-    m0 = outputs[-1]
-    lam_s0, lam_t = _lam(t_s0), _lam(t)
-    h = lam_t - lam_s0
-    rks, d1s = [], []
-    for k in range(1, order):
-        rk = (_lam(times[-(k + 1)]) - lam_s0) / h
-        rks.append(rk)
-        d1s.append((outputs[-(k + 1)] - m0) / rk)
-    rks.append(1.0)
-    h_phi_1, b_h, R, b = _coefficients(h, rks, order, variant)
+    m0, d1s, h_phi_1, b_h, R, b, a_t, s_t, s_s0 = _step_terms(t_s0, t, outputs, times, order, variant)
     rhos = [0.5] if order == 1 else _solve(R, b)
-    a_t, s_t = _alpha_sigma(t)
-    _, s_s0 = _alpha_sigma(t_s0)
     x_t = (s_t / s_s0) * last_sample - (a_t * h_phi_1) * m0
     res = m_t - m0
     corr = rhos[-1] * res

@@ -30,7 +30,7 @@ import torch
 from ...denoisers import VPDenoiser
 from ...solvers import Solver, get_solver
 
-__all__ = ["Adapter", "Interrupted", "unsupported", "SCHEDULER_SOLVERS"]
+__all__ = ["Adapter", "Interrupted", "unsupported", "forward_hook", "SCHEDULER_SOLVERS"]
 
 #: diffusers scheduler classes whose update we reproduce, and our solver for it.
 SCHEDULER_SOLVERS = {
@@ -119,9 +119,28 @@ class Adapter:
         ``return_dict`` handling): images / frames, or latents in the pipeline's layout."""
         raise NotImplementedError
 
+    def output_class(self):
+        """The pipeline's output dataclass (imported lazily: diffusers is optional)."""
+        raise NotImplementedError
+
+    #: the field of :meth:`output_class` that holds the result
+    output_field: ClassVar[str] = "images"
+
     def wrap_output(self, result):
         """``return_dict`` handling, as the pipeline does it."""
-        raise NotImplementedError
+        if not self.kw["return_dict"]:
+            return (result,)
+        return self.output_class()(**{self.output_field: result})
+
+    def batch_size(self) -> int:
+        """Prompts per call, read as the pipeline reads it: from ``prompt`` (str or list)
+        or else from ``prompt_embeds``."""
+        prompt = self.kw["prompt"]
+        if isinstance(prompt, str):
+            return 1
+        if isinstance(prompt, list):
+            return len(prompt)
+        return self.kw["prompt_embeds"].shape[0]
 
     @property
     def multiple(self) -> int:
@@ -339,3 +358,13 @@ class Adapter:
 @contextmanager
 def _null():
     yield
+
+
+@contextmanager
+def forward_hook(module: torch.nn.Module, hook):
+    """``module.register_forward_hook(hook)`` for the duration of a ``with`` block."""
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

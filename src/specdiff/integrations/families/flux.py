@@ -70,12 +70,7 @@ class FluxAdapter(Adapter):
         pipe._interrupt = False
 
         prompt = kw["prompt"]
-        if prompt is not None and isinstance(prompt, str):
-            batch_size = 1
-        elif prompt is not None and isinstance(prompt, list):
-            batch_size = len(prompt)
-        else:
-            batch_size = kw["prompt_embeds"].shape[0]
+        batch_size = self.batch_size()
         device = self.device = pipe._execution_device
         jak = pipe.joint_attention_kwargs
         lora_scale = jak.get("scale", None) if jak is not None else None
@@ -216,13 +211,10 @@ class FluxAdapter(Adapter):
         image = pipe.vae.decode(latents, return_dict=False)[0]
         return pipe.image_processor.postprocess(image, output_type=self.kw["output_type"])
 
-    def wrap_output(self, result):
+    def output_class(self):
         from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
 
-        if not self.kw["return_dict"]:
-            return (result,)
-        return FluxPipelineOutput(images=result)
-
+        return FluxPipelineOutput
 
 ADAPTER = FluxAdapter
 

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .base import Adapter, unsupported
+from .base import Adapter, forward_hook, unsupported
 
 __all__ = ["SD3Adapter", "ADAPTER"]
 
@@ -71,12 +71,7 @@ class SD3Adapter(Adapter):
         pipe._interrupt = False
 
         prompt = kw["prompt"]
-        if prompt is not None and isinstance(prompt, str):
-            batch_size = 1
-        elif prompt is not None and isinstance(prompt, list):
-            batch_size = len(prompt)
-        else:
-            batch_size = kw["prompt_embeds"].shape[0]
+        batch_size = self.batch_size()
         device = self.device = pipe._execution_device
         jak = pipe.joint_attention_kwargs
         lora_scale = jak.get("scale", None) if jak is not None else None
@@ -208,11 +203,8 @@ class SD3Adapter(Adapter):
                 cache[(hp, wp)] = corr
             return (output + corr.to(output.dtype)).to(output.dtype)
 
-        handle = module.register_forward_hook(hook)
-        try:
+        with forward_hook(module, hook):
             yield
-        finally:
-            handle.remove()
 
     # --- output --------------------------------------------------------
     def decode(self, x):
@@ -224,14 +216,9 @@ class SD3Adapter(Adapter):
         image = pipe.vae.decode(latents, return_dict=False)[0]
         return pipe.image_processor.postprocess(image, output_type=self.kw["output_type"])
 
-    def wrap_output(self, result):
-        from diffusers.pipelines.stable_diffusion_3.pipeline_output import (
-            StableDiffusion3PipelineOutput,
-        )
+    def output_class(self):
+        from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput
 
-        if not self.kw["return_dict"]:
-            return (result,)
-        return StableDiffusion3PipelineOutput(images=result)
-
+        return StableDiffusion3PipelineOutput
 
 ADAPTER = SD3Adapter

@@ -69,12 +69,7 @@ class SDXLAdapter(Adapter):
         pipe._interrupt = False
 
         prompt = kw["prompt"]
-        if prompt is not None and isinstance(prompt, str):
-            batch_size = 1
-        elif prompt is not None and isinstance(prompt, list):
-            batch_size = len(prompt)
-        else:
-            batch_size = kw["prompt_embeds"].shape[0]
+        batch_size = self.batch_size()
         device = self.device = pipe._execution_device
         cak = pipe.cross_attention_kwargs
         lora_scale = cak.get("scale", None) if cak is not None else None
@@ -195,14 +190,9 @@ class SDXLAdapter(Adapter):
             image = pipe.watermark.apply_watermark(image)
         return pipe.image_processor.postprocess(image, output_type=self.kw["output_type"])
 
-    def wrap_output(self, result):
-        from diffusers.pipelines.stable_diffusion_xl.pipeline_output import (
-            StableDiffusionXLPipelineOutput,
-        )
+    def output_class(self):
+        from diffusers.pipelines.stable_diffusion_xl.pipeline_output import StableDiffusionXLPipelineOutput
 
-        if not self.kw["return_dict"]:
-            return (result,)
-        return StableDiffusionXLPipelineOutput(images=result)
-
+        return StableDiffusionXLPipelineOutput
 
 ADAPTER = SDXLAdapter

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .base import Adapter, unsupported
+from .base import Adapter, forward_hook, unsupported
 
 __all__ = ["WanAdapter", "ADAPTER"]
 
@@ -82,12 +82,7 @@ class WanAdapter(Adapter):
         pipe._interrupt = False
         device = self.device = pipe._execution_device
         prompt = kw["prompt"]
-        if prompt is not None and isinstance(prompt, str):
-            batch_size = 1
-        elif prompt is not None and isinstance(prompt, list):
-            batch_size = len(prompt)
-        else:
-            batch_size = kw["prompt_embeds"].shape[0]
+        batch_size = self.batch_size()
         pe, neg = pipe.encode_prompt(
             prompt=prompt, negative_prompt=kw["negative_prompt"],
             do_classifier_free_guidance=pipe.do_classifier_free_guidance,
@@ -203,11 +198,8 @@ class WanAdapter(Adapter):
                 cache[(ppf, pph, ppw)] = got
             return got
 
-        handle = rope.register_forward_hook(hook)
-        try:
+        with forward_hook(rope, hook):
             yield
-        finally:
-            handle.remove()
 
     # --- output --------------------------------------------------------
     def decode(self, x):
@@ -227,12 +219,11 @@ class WanAdapter(Adapter):
         video = vae.decode(latents, return_dict=False)[0]
         return pipe.video_processor.postprocess_video(video, output_type=self.kw["output_type"])
 
-    def wrap_output(self, result):
+    def output_class(self):
         from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 
-        if not self.kw["return_dict"]:
-            return (result,)
-        return WanPipelineOutput(frames=result)
+        return WanPipelineOutput
 
+    output_field = "frames"
 
 ADAPTER = WanAdapter
