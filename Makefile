@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean install
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,8 +24,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The longer, timing-based runs (never part of `make test`); each prints a table and writes outputs/.
 bench: $(STAMP)
-	$(BIN)/specdiff bench --out outputs/bench
+	$(BIN)/python benchmarks/resize_bench.py --repeats 10
+	$(BIN)/specdiff testbed --out outputs/testbed
+	$(BIN)/specdiff bench --model unet --n 16 --time-batch 8 --deltas 0.01,0.05,0.1 --threads 1 --out outputs/bench-unet
+	$(BIN)/specdiff bench --model dit --n 16 --time-batch 8 --deltas 0.01,0.05,0.1 --threads 1 --out outputs/bench-dit
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -1,0 +1,642 @@
+"""Side-by-side benchmark of sampling plans on one model, in one process (DESIGN.md section 9).
+
+For each method (a :class:`specdiff.plans.Plan`) the same ``n`` seeds are
+sampled; every sample starts from the same full-resolution noise tensor
+(seed-coupled), so the baseline and each progressive plan are comparable
+pixel by pixel. Measured per method:
+
+- wall-clock: the ``n`` images are generated in batches of ``time_batch``;
+  methods are interleaved batch by batch (round robin), so load drift on a
+  shared machine hits every method alike; each batch is one timing sample
+  (``repeats`` passes give more); reported as median and min-max spread, and
+  the speed-up is the ratio of medians to the baseline's;
+- FLOPs: per-evaluation FLOPs of the model on every grid counted by
+  ``torch.utils.flop_counter`` times the plan's evaluations (the spectral
+  transitions, a few DCT matmuls, are not counted: < 0.5% of one evaluation);
+- quality: multi-scale SWD and RAPSD log-spectral distance to held-out real
+  crops (photos never used in training), paired PSNR/SSIM against the
+  baseline from the same seed, and Frechet distance when a local feature
+  model is given. Reference rows frame the SWD: other held-out crops (the
+  floor), crops of the training photos (what a perfect model of its training
+  data would score) and exact samples of a Gaussian field with the training
+  data's fitted power spectrum and colour covariance (the quality bar).
+
+Outputs in ``out``: ``results.md`` (the table), ``results.json``, ``pareto.png``
+(SWD vs cost), ``grid.png`` (same seeds across methods), ``spectrum.png``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import metrics as M
+from .fileio import atomic_write_bytes, atomic_write_json, save_figure
+from .plans import (
+    Plan,
+    bottleneck_plan,
+    cascade_plan,
+    full_plan,
+    measure_eval_cost,
+    pyramidal_plan,
+    spd_plan,
+)
+from .sampling import sample
+from .spectral import dct, idct, make_noise, rapsd
+
+ALL_METHODS = ("baseline", "matched", "spd", "spd3", "optimal", "pyramidal", "bottleneck",
+               "cascade")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What one benchmark run measures (defaults: ``make bench``)."""
+
+    model: str = "unet"
+    size: tuple[int, int] = (128, 128)
+    steps: int = 50
+    shift: float | None = None  # None: the model's default (sqrt(HW)/64)
+    solver: str = "euler"
+    n: int = 16
+    time_batch: int = 4
+    repeats: int = 1  # timing passes over the n images
+    deltas: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2)
+    continuations: tuple[str, ...] = ("keep", "respace")  # SPD after each switch (spd_plan)
+    methods: tuple[str, ...] = ALL_METHODS
+    n_real: int = 256
+    seed: int = 0
+    fd_model: str | None = None
+    optimal_tolerances: tuple[float, ...] = (0.0, 0.25)
+    threads: int | None = None
+
+    def validate(self) -> BenchConfig:
+        bad = [m for m in self.methods if m not in ALL_METHODS]
+        if bad:
+            raise ValueError(f"unknown methods {bad}; choose from {','.join(ALL_METHODS)}")
+        if "baseline" not in self.methods:
+            raise ValueError("the methods must include 'baseline' (everything is relative to it)")
+        if self.n < 2 or self.time_batch < 1 or self.repeats < 1 or self.steps < 2:
+            raise ValueError("need n >= 2, time_batch >= 1, repeats >= 1 and steps >= 2")
+        if not self.continuations or any(c not in ("keep", "respace") for c in self.continuations):
+            raise ValueError(f"continuations must be 'keep' and/or 'respace', got {self.continuations}")
+        if self.n % self.time_batch:
+            raise ValueError(f"n={self.n} must be a multiple of time_batch={self.time_batch}")
+        if any(s < 16 for s in self.size):
+            raise ValueError(f"size {self.size} is too small for the multi-scale SWD (>= 16)")
+        return self
+
+
+# ---------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class BenchModel:
+    """A denoiser plus what the benchmark needs to build plans for it."""
+
+    denoiser: object
+    name: str
+    channels: int
+    multiple: int
+    spectrum: tuple[float, float]  # (A, beta) of the data at the benchmark size
+    data: str = "skimage"
+    field: object = None  # the GaussianField when the model is the exact testbed
+    window: int = 128  # crops' smallest source window (training/data.py), for real crops
+
+    def times(self, steps: int, grid, shift=None) -> torch.Tensor:
+        from .models import default_times
+
+        return default_times(steps, grid, shift)
+
+
+def load_bench_model(name: str, size: tuple[int, int]) -> BenchModel:
+    """``unet``/``dit``/path -> the trained model; ``gaussian`` -> the exact Gaussian testbed
+    with the (grey, per-channel) power law fitted to the training crops at ``size``."""
+    if name == "gaussian":
+        from .testbeds import GaussianField
+        from .training.data import fit_spectrum, load_photos
+
+        g = torch.Generator().manual_seed(0)
+        A, beta = fit_spectrum(load_photos("skimage", "train").crops(256, min(size), g))
+        fld = GaussianField(A, beta, size, channels=3)
+        return BenchModel(fld.denoiser, "gaussian", 3, 1, (A, beta), "skimage", fld)
+    from .models import load
+    from .training.data import WINDOW, fit_spectrum, load_photos
+
+    m = load(name)
+    data = str(m.meta.get("data", "skimage"))
+    window = int(m.meta.get("window", WINDOW))
+    if m.meta.get("spectrum"):
+        spec = m.spectrum(min(size))
+    else:  # e.g. a mid-training state: fit the training data now
+        g = torch.Generator().manual_seed(0)
+        spec = fit_spectrum(load_photos(data, "train").crops(256, min(size), g, window=window))
+    return BenchModel(m, name, m.channels, m.multiple, spec, data, window=window)
+
+
+# ---------------------------------------------------------------------------
+# plans
+# ---------------------------------------------------------------------------
+
+
+def build_plans(cfg: BenchConfig, bm: BenchModel, flops: dict) -> list[Plan]:
+    """The benchmark's plans, named; ``flops`` maps grids to measured per-eval FLOPs
+    (filled in here for the grids the plans use)."""
+    grid = tuple(cfg.size)
+    times = bm.times(cfg.steps, grid, cfg.shift)
+    mult = bm.multiple if all(s % bm.multiple == 0 for s in grid) else 1
+    A, beta = bm.spectrum
+    plans = [full_plan(times, grid).with_name(f"baseline {cfg.steps} steps")]
+    want = set(cfg.methods)
+
+    def ok(make):
+        try:
+            return make()
+        except ValueError as e:  # a plan this grid/step count cannot express: report, skip
+            print(f"  (skipped: {e})")
+            return None
+
+    progressive = []
+    for key, scales in (("spd", (0.5, 1.0)), ("spd3", (0.25, 0.5, 1.0))):
+        if key not in want:
+            continue
+        for cont in cfg.continuations:
+            for d in cfg.deltas:
+                p = ok(lambda d=d, c=cont, sc=scales: spd_plan(
+                    times, grid, sc, A=A, beta=beta, delta=d, multiple=mult, continuation=c))
+                if p:
+                    tag = "" if cont == "keep" else " respace"
+                    progressive.append(p.with_name(
+                        f"SPD {','.join(f'{v:g}' for v in scales)} delta={d:g}{tag}"))
+    if "optimal" in want:
+        from .plans import optimal_plan, stage_grids
+
+        cand_scales = tuple(s for s in (0.25, 0.375, 0.5, 0.625, 0.75)
+                            if _grid_ok(stage_grids(grid, (s, 1.0), multiple=mult)[0], mult))
+        _measure(bm, flops, [stage_grids(grid, (s, 1.0), multiple=mult)[0] for s in cand_scales])
+
+        def cost(g, _f=flops):
+            g = tuple(g)
+            if g not in _f:
+                _measure(bm, _f, [g])
+            return _f[g]
+
+        for tol in cfg.optimal_tolerances:
+            p = ok(lambda tol=tol: optimal_plan((A, beta), times, grid=grid, solver=cfg.solver,
+                                                tolerance=tol, cost_model=cost, scales=cand_scales,
+                                                multiple=mult))
+            if p:
+                progressive.append(p.with_name(f"optimal_plan tol={tol:g} ({p.name[8:]})"))
+    if "pyramidal" in want:
+        k = cfg.steps // 3
+        steps3 = (cfg.steps - 2 * k, k, k)
+        # Pyramid Flow's jump is the gamma = 1/3 block-noise renoise ("pyramid"); the sampler
+        # seed-couples it through a one-level Haar projection, which cannot reach a
+        # quarter-size first stage, so the 3-stage windows use the dct jump (the same
+        # marginal law: pyramid renoise == haar expansion == dct expansion in law).
+        p = ok(lambda: pyramidal_plan(grid, (0.25, 0.5, 1.0), steps3, profile=times,
+                                      transition="dct", multiple=mult))
+        if p:
+            progressive.append(p.with_name(
+                f"Pyramidal windows 0.25,0.5,1 steps {'/'.join(map(str, steps3))}"))
+    if "bottleneck" in want:
+        p = ok(lambda: bottleneck_plan(times, grid, low_scale=0.5, fractions=(0.1, 0.7),
+                                       multiple=mult))
+        if p:
+            progressive.append(p.with_name("Bottleneck 1,0.5,1 at 0.1-0.7"))
+    if "cascade" in want:
+        half = cfg.steps // 2
+        p = ok(lambda: cascade_plan(times, grid, (0.5, 1.0), renoise_at=(0.5,),
+                                    steps=(half, cfg.steps - half), multiple=mult))
+        if p:
+            progressive.append(p.with_name(f"x0 cascade 0.5->1 renoise 0.5 ({half}+{cfg.steps - half})"))
+    plans += progressive
+    _measure(bm, flops, [st.grid for p in plans for st in p.stages])
+    if "matched" in want:
+        seen = set()
+        # fewer full-resolution steps at the cost of each progressive plan (SPD first)
+        for p in progressive:
+            n = max(1, round(p.cost(flops, cfg.solver)))
+            if n in seen or n >= cfg.steps:
+                continue
+            seen.add(n)
+            mp = full_plan(bm.times(n, grid, cfg.shift), grid)
+            plans.append(mp.with_name(f"full res, {n} steps (cost of {p.name})"))
+    return plans
+
+
+def _grid_ok(g, mult):
+    return all(v % mult == 0 for v in g)
+
+
+def _measure(bm: BenchModel, flops: dict, grids) -> None:
+    todo = sorted({tuple(g) for g in grids} - set(flops))
+    if todo:
+        flops.update(measure_eval_cost(bm.denoiser, todo, bm.channels))
+
+
+# ---------------------------------------------------------------------------
+# references
+# ---------------------------------------------------------------------------
+
+
+def gaussian_reference(real: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Exact samples of a Gaussian field with the data's power law and colour statistics.
+
+    Colours are decorrelated by PCA of the real pixels; each principal channel
+    gets its own fitted ``A w**-beta`` (DCT RAPSD, mean removed) and the DC
+    variance of the real images; samples are rotated back and the mean added.
+    This is the quality bar: a model must beat it to have learned structure
+    beyond the spectrum.
+    """
+    from .spectral import fit_power_law
+
+    c = real.shape[1]
+    h, w = real.shape[-2:]
+    mean = real.mean(dim=(0, 2, 3))
+    pix = (real - mean[None, :, None, None]).permute(1, 0, 2, 3).reshape(c, -1).double()
+    _, U = torch.linalg.eigh(pix @ pix.T / pix.shape[1])
+    rot = torch.einsum("dc,nchw->ndhw", U.T.float(), real - mean[None, :, None, None])
+    ky = torch.arange(h, dtype=torch.float64)[:, None]
+    kx = torch.arange(w, dtype=torch.float64)[None, :]
+    wfreq = torch.sqrt(ky**2 + kx**2) / 2
+    out = torch.empty(n, c, h, w, dtype=torch.float64)
+    for d in range(c):
+        x = rot[:, d : d + 1]
+        f, p = rapsd(x - x.mean(dim=(-2, -1), keepdim=True))
+        A, beta = fit_power_law(f, p)
+        var = A * wfreq.clamp_min(0.5) ** (-beta)
+        var[0, 0] = float((dct(x.double())[..., 0, 0] ** 2).mean())
+        z = make_noise((n, 1, h, w), generator, dtype=torch.float64)
+        out[:, d : d + 1] = idct(z * var.sqrt())
+    back = torch.einsum("cd,ndhw->nchw", U, out)
+    return (back + mean.double()[None, :, None, None]).float()
+
+
+# ---------------------------------------------------------------------------
+# the run
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class MethodResult:
+    name: str
+    stages: str
+    evaluations: int
+    flops: float
+    times: list[float] = field(default_factory=list)
+    swd: float = float("nan")
+    swd_levels: list[float] = field(default_factory=list)
+    lsd: float = float("nan")
+    psnr: float = float("nan")
+    ssim: float = float("nan")
+    fd: float | None = None
+    w2: float | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times) if self.times else float("nan")
+
+
+def seeded_noise(seed: int, channels: int, size, start: int, count: int):
+    """Full-resolution noise for images ``start .. start+count`` (image ``i`` uses seed
+    ``seed + i``, whatever the batch) and per-image generators for any fresh noise."""
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(start, start + count)]
+    noise = make_noise((count, channels, *size), gens)
+    fresh = [torch.Generator().manual_seed(10_000_019 + seed + i)
+             for i in range(start, start + count)]
+    return noise, fresh
+
+
+def run_bench(cfg: BenchConfig, out: str | Path | None = None, *, progress: bool = True,
+              grid_cols: int = 8) -> dict:
+    """Run the benchmark; write the outputs to ``out`` (if given); return the results dict."""
+    from tqdm.auto import tqdm
+
+    cfg = cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    bm = load_bench_model(cfg.model, tuple(cfg.size))
+    flops: dict = {}
+    plans = build_plans(cfg, bm, flops)
+    full_flops = flops[tuple(cfg.size)]
+    results = [MethodResult(p.name,
+                            " + ".join(f"{r['steps']}@{r['grid']}" for r in p.describe(cfg.solver)),
+                            sum(p.evaluations(cfg.solver)), p.cost(flops, cfg.solver) * full_flops)
+               for p in plans]
+    samples = [[] for _ in plans]
+    # warm-up: one call per grid (kernel selection, caches) so no method pays it in timing
+    with torch.no_grad():
+        for g in sorted({st.grid for p in plans for st in p.stages}):
+            bm.denoiser(torch.zeros(cfg.time_batch, bm.channels, *g),
+                        torch.full((cfg.time_batch,), 0.5))
+    batches = cfg.n // cfg.time_batch
+    total = cfg.repeats * batches * len(plans)
+    bar = tqdm(total=total, desc="bench", disable=not progress, leave=False)
+    for rep in range(cfg.repeats):
+        for b in range(batches):
+            noise, fresh = seeded_noise(cfg.seed, bm.channels, cfg.size, b * cfg.time_batch,
+                                        cfg.time_batch)
+            for k, p in enumerate(plans):
+                t0 = time.perf_counter()
+                x = sample(bm.denoiser, p, solver=cfg.solver, noise=noise, generator=fresh)
+                results[k].times.append(time.perf_counter() - t0)
+                if rep == 0:
+                    samples[k].append(x.float().clamp(-1, 1))
+                bar.update(1)
+    bar.close()
+    samples = [torch.cat(s) for s in samples]
+
+    # quality
+    from .training.data import eval_crops
+
+    real = eval_crops(cfg.n_real, min(cfg.size), source=bm.data, seed=1234, window=bm.window)
+    if tuple(real.shape[-2:]) != tuple(cfg.size):
+        real = torch.nn.functional.interpolate(real, size=cfg.size, mode="bilinear",
+                                               antialias=True, align_corners=False)
+    extractor = M.load_feature_extractor(cfg.fd_model) if cfg.fd_model else None
+    ref_swd = M.SlicedWasserstein(real)
+    base = samples[0]
+    for k, (r, x) in enumerate(zip(results, samples, strict=True)):
+        s = ref_swd(x)
+        r.swd, r.swd_levels = s["mean"], s["levels"]
+        r.lsd = M.rapsd_distance(x, real)
+        if k > 0:
+            r.psnr = M.psnr(x, base)
+            r.ssim = M.ssim(x, base)
+        if extractor is not None:
+            r.fd = M.frechet_distance(x, real, extractor)
+        if bm.field is not None and plans[k].transition in ("dct", "x0_dct"):
+            r.w2 = bm.field.w2(plans[k], cfg.solver)
+    refs = {}
+    g = torch.Generator().manual_seed(cfg.seed + 777)
+    other = eval_crops(cfg.n, min(cfg.size), source=bm.data, seed=4321, window=bm.window)
+    train_crops = _train_crops(bm.data, max(cfg.n, 256), min(cfg.size), seed=99,
+                               window=bm.window)
+    if tuple(other.shape[-2:]) == tuple(cfg.size):
+        refs["held-out real crops (floor)"] = ref_swd(other)["mean"], M.rapsd_distance(other, real)
+        tr = train_crops[: cfg.n]
+        refs["training crops (a perfect model of the training data)"] = (
+            ref_swd(tr)["mean"], M.rapsd_distance(tr, real))
+        # the bar: a Gaussian field fitted, like the model, to the training crops
+        gauss = gaussian_reference(train_crops, cfg.n, g)
+        refs["Gaussian field fitted to training crops (bar)"] = (
+            ref_swd(gauss)["mean"], M.rapsd_distance(gauss, real))
+    res = _summary(cfg, bm, plans, results, refs, flops)
+    if out is not None:
+        write_outputs(Path(out), res, plans, samples, real, cfg, grid_cols=grid_cols)
+    return res
+
+
+def _train_crops(data: str, n: int, size: int, seed: int, window: int) -> torch.Tensor:
+    from .training.data import load_photos
+
+    return load_photos(data, "train").crops(n, size, torch.Generator().manual_seed(seed),
+                                            window=window)
+
+
+def _summary(cfg, bm, plans, results, refs, flops) -> dict:
+    base = results[0]
+    rows = []
+    for p, r in zip(plans, results, strict=True):
+        speed = base.median / r.median
+        flop_ratio = base.flops / r.flops
+        rows.append({
+            "method": r.name, "stages": r.stages, "evaluations": r.evaluations,
+            "transition": p.transition if len(p.stages) > 1 else "-",
+            "wall_median_s": r.median, "wall_min_s": min(r.times), "wall_max_s": max(r.times),
+            "wall_samples": len(r.times), "speedup": speed, "flop_ratio": flop_ratio,
+            "speedup_over_flop_ratio": speed / flop_ratio,
+            "gflops_per_image": r.flops / 1e9,
+            "swd_x1e3": 1e3 * r.swd, "swd_vs_baseline": r.swd / base.swd - 1,
+            "swd_levels_x1e3": [1e3 * v for v in r.swd_levels],
+            "rapsd_lsd_db": r.lsd, "psnr_vs_baseline": r.psnr, "ssim_vs_baseline": r.ssim,
+            "fd": r.fd, "exact_w2": r.w2,
+            "plan": [{"grid": list(st.grid), "times": list(st.times)} for st in p.stages],
+        })
+    return {
+        "config": asdict(cfg), "model": bm.name, "spectrum": {"A": bm.spectrum[0],
+                                                              "beta": bm.spectrum[1]},
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "flops_per_eval": {"x".join(map(str, g)): v for g, v in sorted(flops.items())},
+        "rows": rows,
+        "references": {k: {"swd_x1e3": 1e3 * v[0], "rapsd_lsd_db": v[1]} for k, v in refs.items()},
+    }
+
+
+# ---------------------------------------------------------------------------
+# outputs
+# ---------------------------------------------------------------------------
+
+
+def markdown_table(res: dict) -> str:
+    cfg = res["config"]
+    lines = [
+        f"model `{res['model']}`, {cfg['size'][0]}x{cfg['size'][1]}, {cfg['steps']} steps "
+        f"{cfg['solver']}, n={cfg['n']} seeds (batches of {cfg['time_batch']}), "
+        f"{res['threads']} thread(s); data spectrum A={res['spectrum']['A']:.3g}, "
+        f"beta={res['spectrum']['beta']:.3g}",
+        "",
+        "| method | stages (steps@grid) | wall s/batch median [min-max] | speed-up | FLOP ratio "
+        "| speed-up / FLOP ratio | SWD x1e3 (vs baseline) | RAPSD dB | PSNR dB | SSIM |"
+        + (" FD |" if any(r["fd"] is not None for r in res["rows"]) else "")
+        + (" exact W2 |" if any(r["exact_w2"] is not None for r in res["rows"]) else ""),
+        "|---|---|---|---|---|---|---|---|---|---|"
+        + ("---|" if any(r["fd"] is not None for r in res["rows"]) else "")
+        + ("---|" if any(r["exact_w2"] is not None for r in res["rows"]) else ""),
+    ]
+    for i, r in enumerate(res["rows"]):
+        rel = "" if i == 0 else f" ({100 * r['swd_vs_baseline']:+.1f}%)"
+        ps = "-" if i == 0 or math.isnan(r["psnr_vs_baseline"]) else f"{r['psnr_vs_baseline']:.1f}"
+        ss = "-" if i == 0 or math.isnan(r["ssim_vs_baseline"]) else f"{r['ssim_vs_baseline']:.3f}"
+        line = (f"| {r['method']} | {r['stages']} | {r['wall_median_s']:.2f} "
+                f"[{r['wall_min_s']:.2f}-{r['wall_max_s']:.2f}] | {r['speedup']:.2f}x | "
+                f"{r['flop_ratio']:.2f}x | {r['speedup_over_flop_ratio']:.2f} | "
+                f"{r['swd_x1e3']:.1f}{rel} | {r['rapsd_lsd_db']:.2f} | {ps} | {ss} |")
+        if any(x["fd"] is not None for x in res["rows"]):
+            line += f" {r['fd']:.2f} |" if r["fd"] is not None else " - |"
+        if any(x["exact_w2"] is not None for x in res["rows"]):
+            line += f" {r['exact_w2']:.4f} |" if r["exact_w2"] is not None else " - |"
+        lines.append(line)
+    for k, v in res["references"].items():
+        lines.append(f"| *reference: {k}* | - | - | - | - | - | {v['swd_x1e3']:.1f} | "
+                     f"{v['rapsd_lsd_db']:.2f} | - | - |")
+    return "\n".join(lines) + "\n"
+
+
+def _png(path: Path, fig) -> None:
+    save_figure(fig, path, bbox_inches="tight")
+
+
+def image_grid(rows: Sequence[torch.Tensor], pad: int = 2) -> torch.Tensor:
+    """Stack equal-size batches ``(k, C, H, W)`` as grid rows -> ``(C, H', W')`` in [-1, 1]."""
+    k = max(r.shape[0] for r in rows)
+    c, h, w = rows[0].shape[1:]
+    out = torch.ones(c, len(rows) * (h + pad) + pad, k * (w + pad) + pad)
+    for i, r in enumerate(rows):
+        for j in range(r.shape[0]):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            out[:, y : y + h, x : x + w] = r[j].clamp(-1, 1)
+    return out
+
+
+def save_png(path: Path, img: torch.Tensor) -> None:
+    """``(C, H, W)`` in [-1, 1] -> PNG (atomic)."""
+    import io
+
+    from PIL import Image
+
+    arr = M.to_uint8(img[None])[0]
+    if arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_outputs(out: Path, res: dict, plans, samples, real, cfg: BenchConfig,
+                  grid_cols: int = 8) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(res)
+    atomic_write_bytes(out / "results.md", table.encode())
+    atomic_write_json(out / "results.json", res)
+    k = min(grid_cols, cfg.n)
+    save_png(out / "grid.png", image_grid([s[:k] for s in samples]))
+    atomic_write_json(out / "grid_rows.json", [r["method"] for r in res["rows"]])
+
+    # Pareto: quality vs cost
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for r in res["rows"]:
+        ax.scatter(1 / r["flop_ratio"], r["swd_x1e3"], s=30)
+        ax.annotate(r["method"], (1 / r["flop_ratio"], r["swd_x1e3"]), fontsize=6,
+                    xytext=(3, 3), textcoords="offset points")
+    for name, v in res["references"].items():
+        ax.axhline(v["swd_x1e3"], ls="--", lw=0.8, color="gray")
+        ax.annotate(name, (1.0, v["swd_x1e3"]), fontsize=6, color="gray", ha="right",
+                    xytext=(0, 2), textcoords="offset points")
+    ax.set_xlabel("cost (FLOPs relative to the baseline)")
+    ax.set_ylabel("multi-scale SWD x1e3 to held-out crops (lower is better)")
+    ax.set_title(f"{res['model']} {cfg.size[0]}x{cfg.size[1]}, {cfg.steps} steps", fontsize=9)
+    ax.grid(alpha=0.3)
+    _png(out / "pareto.png", fig)
+
+    # spectra
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+    f, p = rapsd(real - real.mean(dim=(-2, -1), keepdim=True))
+    ax.loglog(f, p, "k", lw=2, label="held-out real")
+    for r, s in list(zip(res["rows"], samples, strict=True))[:6]:
+        f, p = rapsd(s - s.mean(dim=(-2, -1), keepdim=True))
+        ax.loglog(f, p, lw=1, label=r["method"])
+    A, beta = res["spectrum"]["A"], res["spectrum"]["beta"]
+    ax.loglog(f, A * f ** (-beta), ":", color="gray", label=f"fit {A:.3g} w^-{beta:.3g}")
+    ax.set_xlabel("frequency (cycles per image)")
+    ax.set_ylabel("RAPSD (DCT power)")
+    ax.legend(fontsize=6)
+    ax.grid(alpha=0.3, which="both")
+    _png(out / "spectrum.png", fig)
+
+
+# ---------------------------------------------------------------------------
+# CLI entry points (called by specdiff.commands.model)
+# ---------------------------------------------------------------------------
+
+
+def _cfg_from_args(args, **over) -> BenchConfig:
+    methods = tuple(m.strip() for m in args.methods.split(",")) if getattr(args, "methods", None) \
+        else ALL_METHODS
+    kw = dict(model=args.model, size=tuple(args.size), steps=args.steps, shift=args.shift,
+              solver=args.solver, n=args.n, time_batch=args.time_batch, repeats=args.repeats,
+              deltas=tuple(args.deltas), methods=methods,
+              continuations=tuple(c.strip() for c in args.continuation.split(",")),
+              n_real=args.n_real, seed=args.seed,
+              fd_model=args.fd_model, threads=getattr(args, "threads", None))
+    kw.update(over)
+    return BenchConfig(**kw)
+
+
+def run_bench_cli(args) -> dict:
+    cfg = _cfg_from_args(args)
+    t0 = time.perf_counter()
+    res = run_bench(cfg, args.out, progress=not args.quiet)
+    print(markdown_table(res))
+    print(f"wrote {args.out}/results.md, results.json, pareto.png, grid.png (rows: methods, "
+          f"columns: seeds), spectrum.png in {time.perf_counter() - t0:.0f} s")
+    return res
+
+
+def run_demo(args) -> dict:
+    """``specdiff demo``: baseline vs SPD (0.5,1, delta 0.05) on the shipped UNet at 128^2."""
+    cfg = BenchConfig(model=args.model, size=tuple(args.size), steps=args.steps, n=args.n,
+                      time_batch=args.time_batch, repeats=1, deltas=(0.05,), continuations=("keep",),
+                      methods=("baseline", "spd"), n_real=args.n_real, seed=args.seed,
+                      threads=args.threads)
+    t0 = time.perf_counter()
+    print(f"specdiff demo: {cfg.model} at {cfg.size[0]}x{cfg.size[1]}, {cfg.steps} Euler steps, "
+          f"{cfg.n} seeds; full-resolution baseline vs SPD (scales 0.5,1, delta 0.05) from the "
+          "same noise")
+    res = run_bench(cfg, args.out, progress=True)
+    print(markdown_table(res))
+    r = res["rows"][1]
+    print(f"SPD: {r['speedup']:.2f}x faster in wall-clock ({r['flop_ratio']:.2f}x fewer FLOPs), "
+          f"SWD {100 * r['swd_vs_baseline']:+.1f}% vs baseline, PSNR {r['psnr_vs_baseline']:.1f} dB "
+          f"/ SSIM {r['ssim_vs_baseline']:.3f} against the baseline image from the same seed.")
+    print(f"images: {args.out}/grid.png (top: baseline, bottom: SPD), spectra: "
+          f"{args.out}/spectrum.png; {time.perf_counter() - t0:.0f} s")
+    return res
+
+
+def run_sample(args) -> Path:
+    """``specdiff sample``: write ``n`` PNGs and ``grid.png`` for one plan."""
+    from .plans import spd_plan as _spd
+
+    out = Path(args.out)
+    if args.n < 1:
+        raise ValueError("--n must be >= 1")
+    bm = load_bench_model(args.model, tuple(args.size))
+    if bm.field is not None:
+        raise ValueError("sample needs a trained model (unet, dit or a checkpoint path)")
+    grid = tuple(args.size)
+    times = bm.times(args.steps, grid, args.shift)
+    scales = tuple(args.scales)
+    if scales == (1.0,):
+        plan = full_plan(times, grid)
+    else:
+        mult = bm.multiple if all(s % bm.multiple == 0 for s in grid) else 1
+        plan = _spd(times, grid, scales, A=bm.spectrum[0], beta=bm.spectrum[1], delta=args.delta,
+                    transition=args.transition, multiple=mult,
+                    continuation=getattr(args, "continuation", "keep"))
+    noise, _ = seeded_noise(args.seed, bm.channels, grid, 0, args.n)
+    t0 = time.perf_counter()
+    x = sample(bm.denoiser, plan, solver=args.solver, noise=noise, progress=not args.quiet)
+    dt = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(args.n):
+        save_png(out / f"{i:03d}_seed{args.seed + i}.png", x[i])
+    cols = math.ceil(math.sqrt(args.n))
+    rows = [x[i : i + cols] for i in range(0, args.n, cols)]
+    save_png(out / "grid.png", image_grid(rows))
+    desc = ", ".join(f"{r['steps']} steps at {r['grid']}" for r in plan.describe(args.solver))
+    info = {"model": args.model, "size": list(grid), "steps": args.steps, "scales": list(scales),
+            "delta": args.delta, "continuation": getattr(args, "continuation", "keep"),
+            "seed": args.seed, "n": args.n, "plan": desc, "seconds": dt,
+            "pixel_cost_vs_full": plan.cost("tokens", args.solver) / args.steps}
+    atomic_write_json(out / "sample.json", info)
+    print(f"{args.n} images in {dt:.1f} s ({desc}); wrote {out}/grid.png and "
+          f"{args.n} PNGs (image i uses seed {args.seed}+i)")
+    return out
+
+
+__all__ = ["BenchConfig", "run_bench", "build_plans", "markdown_table", "gaussian_reference",
+           "image_grid", "save_png", "load_bench_model", "ALL_METHODS"]

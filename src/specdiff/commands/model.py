@@ -1,0 +1,186 @@
+"""``specdiff train | sample | bench | demo``: the embedded pixel-space models.
+
+Thin layer: parse, call :mod:`specdiff.training`, :mod:`specdiff.models`,
+:mod:`specdiff.bench`, print. See docs/embedded-model.md.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from ._args import floats as _floats
+from ._args import ints as _ints
+from ._args import json_object as _json_obj
+from ._args import size as _size
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train an embedded pixel-space flow model (UNet or DiT)",
+        description="Train a velocity-prediction flow model on random multi-scale crops of "
+        "natural photos (scikit-image's, or --data DIR), with EMA, a loss curve and resumable "
+        "atomic checkpoints. Runs on CPU; `accelerate launch -m specdiff train ...` uses GPUs.")
+    p.add_argument("--model", default="unet", choices=("unet", "dit"), help="architecture")
+    p.add_argument("--model-config", type=_json_obj, default={},
+                   help='JSON overrides of the model config, e.g. \'{"base": 16}\'')
+    p.add_argument("--data", default="skimage", help="'skimage' (default) or a folder of images")
+    p.add_argument("--out", required=True, help="output folder (resumes if it holds a run)")
+    p.add_argument("--steps", type=int, default=None, help="total optimiser steps")
+    p.add_argument("--sizes", type=_ints, default=None, help="crop sizes, e.g. 32,48,64,96")
+    p.add_argument("--size-weights", type=_floats, default=None, help="probability of each size")
+    p.add_argument("--pixels", type=int, default=None,
+                   help="pixels per step (batch = pixels // size^2)")
+    p.add_argument("--window", type=int, default=None,
+                   help="smallest source window of a crop in pixels, for every crop size "
+                   "(default 128: scale-consistent crops; 0 allows 1:1 crops at every size)")
+    p.add_argument("--shift-size", type=int, default=None,
+                   help="training-time resolution shift: size-S crops use shift S/N (default 64; 0 off)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--log-every", type=int, default=None)
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out has a run")
+    p.add_argument("--stop-after", type=int, default=None,
+                   help="stop after this many steps in this call (resume later)")
+    p.add_argument("--cpu", action="store_true", help="force CPU even when GPUs are visible")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 avoids oversubscription on a shared machine)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "sample", help="generate images with or without progressive (SPD) sampling",
+        description="Sample an embedded model. --scales 1 is the full-resolution baseline; the "
+        "same --seed gives pixel-comparable images in every mode (seed-coupled noise).")
+    _model_args(p)
+    p.add_argument("--n", type=int, default=16, help="number of images")
+    p.add_argument("--scales", type=_floats, default=(0.5, 1.0), help="stage scales, e.g. 0.5,1")
+    p.add_argument("--delta", type=float, default=0.05, help="SPD noise-dominated tolerance")
+    p.add_argument("--transition", default="dct", choices=("dct", "fft", "haar", "pyramid"))
+    p.add_argument("--continuation", default="keep", choices=("keep", "respace"),
+                   help="steps after a switch: 'keep' the grid (the paper's rule) or 'respace' them")
+    p.add_argument("--out", required=True, help="output folder for PNGs and grid.png")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser(
+        "bench", help="side-by-side benchmark: baseline vs SPD and related plans",
+        description="In one process: full-resolution baseline, fewer full-res steps at matched "
+        "cost, SPD over a delta sweep (2 and 3 stages), optimal_plan, Pyramidal Flow, bottleneck "
+        "and an x0-renoise cascade. Reports wall-clock (median and spread), FLOP ratio, "
+        "multi-scale SWD and RAPSD distance to held-out crops, paired PSNR/SSIM vs the baseline.")
+    _model_args(p, default_model="unet", allow_gaussian=True)
+    p.add_argument("--n", type=int, default=16, help="images per method (quality metrics)")
+    p.add_argument("--repeats", type=int, default=3, help="timing repeats per method")
+    p.add_argument("--time-batch", type=int, default=4, help="batch size of a timing repeat")
+    p.add_argument("--deltas", type=_floats, default=(0.01, 0.05, 0.1, 0.2), help="SPD deltas")
+    p.add_argument("--continuation", default="keep,respace",
+                   help="SPD steps after a switch: 'keep' (the paper's rule: keep the grid, one "
+                   "long step) and/or 'respace' (spread the remaining steps evenly)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated subset: baseline,matched,spd,spd3,optimal,pyramidal,"
+                   "bottleneck,cascade")
+    p.add_argument("--n-real", type=int, default=256, help="held-out real crops for SWD/RAPSD")
+    p.add_argument("--fd-model", default=None,
+                   help="local Inception/CLIP model (TorchScript file or HF folder) for Frechet "
+                   "distance; nothing downloads")
+    p.add_argument("--out", default="outputs/bench", help="output folder")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "demo", help="the README demo: short bench of the shipped UNet at 128^2 (under 3 min)",
+        description="Baseline vs SPD (delta 0.05, scales 0.5,1) from the same seeds on the "
+        "shipped UNet at 128x128: prints the table, writes the image grid and spectrum plot.")
+    p.add_argument("--model", default="unet")
+    p.add_argument("--size", type=_size, default=(128, 128), help="HxW (default 128x128)")
+    p.add_argument("--n-real", type=int, default=128, help="held-out real crops for SWD")
+    p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--n", type=int, default=8, help="seeds (images per method)")
+    p.add_argument("--time-batch", type=int, default=2,
+                   help="images per timed batch (n / time-batch timing samples)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=cmd_demo)
+
+
+def _model_args(p, default_model="unet", allow_gaussian=False) -> None:
+    extra = ", 'gaussian' (exact Gaussian testbed with the data spectrum)" if allow_gaussian else ""
+    p.add_argument("--model", default=default_model,
+                   help=f"'unet', 'dit', a .safetensors checkpoint or a train folder{extra}")
+    p.add_argument("--size", type=_size, default=(128, 128), help="HxW, e.g. 128x128")
+    p.add_argument("--steps", type=int, default=50, help="time-grid steps")
+    p.add_argument("--shift", type=float, default=None,
+                   help="SD3 time shift (default: sqrt(H*W)/64, at least 1)")
+    p.add_argument("--solver", default="euler", choices=("euler", "heun", "dpmpp_2m"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 is steadier on a shared machine)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def cmd_train(args) -> int:
+    from dataclasses import replace
+
+    from ..models.config import config_from_dict
+    from ..training.loop import default_config, train
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cfg = default_config(args.model)
+    model = dict(cfg.model)
+    model.update(args.model_config)
+    config_from_dict(model)
+    over = {k: v for k, v in {
+        "steps": args.steps, "sizes": args.sizes, "size_weights": args.size_weights,
+        "pixels": args.pixels, "lr": args.lr, "shift_size": args.shift_size, "seed": args.seed,
+        "window": args.window,
+        "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
+    }.items() if v is not None}
+    if args.sizes is not None and args.size_weights is None:
+        over["size_weights"] = tuple(1.0 for _ in args.sizes)
+    cfg = replace(cfg, model=model, data=str(args.data), **over).validate()
+    command = "specdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
+        if Path(sys.argv[0]).name in ("specdiff", "__main__.py") else None
+    res = train(cfg, args.out, resume=not args.no_resume, stop_after=args.stop_after,
+                progress=not args.quiet, cpu=args.cpu, command=command)
+    last = res.history[-1] if res.history else None
+    print(f"step {res.step}/{cfg.steps}" + (f", loss {last[1]:.4f}, {last[2] / 60:.1f} min"
+                                               if last else ""))
+    print(f"checkpoint: {Path(args.out) / 'train_state.safetensors'}; loss curve: "
+          f"{Path(args.out) / 'loss.png'}")
+    if res.model_path:
+        print(f"model: {res.model_path} (load with --model {args.out})")
+    return 0
+
+
+def _threads(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def cmd_sample(args) -> int:
+    from ..bench import run_sample
+
+    _threads(args)
+    run_sample(args)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from ..bench import run_bench_cli
+
+    run_bench_cli(args)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ..bench import run_demo
+
+    run_demo(args)
+    return 0
