@@ -616,7 +616,7 @@ def run_sample(args) -> Path:
         mult = bm.multiple if all(s % bm.multiple == 0 for s in grid) else 1
         plan = _spd(times, grid, scales, A=bm.spectrum[0], beta=bm.spectrum[1], delta=args.delta,
                     transition=args.transition, multiple=mult,
-                    continuation=getattr(args, "continuation", "keep"))
+                    continuation=args.continuation)
     noise, _ = seeded_noise(args.seed, bm.channels, grid, 0, args.n)
     t0 = time.perf_counter()
     x = sample(bm.denoiser, plan, solver=args.solver, noise=noise, progress=not args.quiet)
@@ -629,7 +629,7 @@ def run_sample(args) -> Path:
     save_png(out / "grid.png", image_grid(rows))
     desc = ", ".join(f"{r['steps']} steps at {r['grid']}" for r in plan.describe(args.solver))
     info = {"model": args.model, "size": list(grid), "steps": args.steps, "scales": list(scales),
-            "delta": args.delta, "continuation": getattr(args, "continuation", "keep"),
+            "delta": args.delta, "continuation": args.continuation,
             "seed": args.seed, "n": args.n, "plan": desc, "seconds": dt,
             "pixel_cost_vs_full": plan.cost("tokens", args.solver) / args.steps}
     atomic_write_json(out / "sample.json", info)

@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..fileio import atomic_write, atomic_write_bytes, atomic_write_json  # noqa: F401 (re-exported)
+from ..fileio import atomic_write, atomic_write_json
 from .config import config_from_dict, config_to_dict
 
 FORMAT = "specdiff-model-v1"

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..fileio import atomic_write_json, save_figure
+from ..fileio import save_figure
 from ..models import build, save_model
 from ..models.checkpoint import atomic_save_safetensors
 from ..models.config import config_from_dict, config_to_dict
@@ -389,4 +389,4 @@ def default_config(kind: str = "unet", **overrides) -> TrainConfig:
 
 
 __all__ = ["TrainConfig", "train", "make_batch", "default_config", "export_model", "plot_loss",
-           "atomic_write_json", "STATE_FILE", "MODEL_FILE"]
+           "STATE_FILE", "MODEL_FILE"]
