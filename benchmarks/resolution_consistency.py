@@ -24,10 +24,6 @@ from specdiff.spectral import rapsd, resize
 from specdiff.training.data import load_photos
 
 
-def _power(x: torch.Tensor):
-    return rapsd(x - x.mean(dim=(-2, -1), keepdim=True))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="unet", help="unet, dit or a checkpoint path")
@@ -48,13 +44,13 @@ def main() -> None:
     rows = [("model at 64^2", samples[64]),
             ("model at 128^2, DCT-downsampled", resize(samples[128], 0.0, (64, 64))[0]),
             ("held-out real 128^2, DCT-downsampled", resize(real, 0.0, (64, 64))[0])]
-    freqs = _power(samples[64])[0]
+    freqs = rapsd(samples[64])[0]
     idx = [0, 1, 2, 4, 8, 16, 31]
     print(f"model {args.model}: RAPSD at 64^2 (frequency in cycles per image)")
     print("| samples | " + " | ".join(f"w={float(freqs[i]):g}" for i in idx) + " | pixel std |")
     print("|---|" + "---:|" * (len(idx) + 1))
     for name, x in rows:
-        p = _power(x)[1]
+        p = rapsd(x)[1]
         print(f"| {name} | " + " | ".join(f"{float(p[i]):.3g}" for i in idx)
               + f" | {float(x.std()):.3f} |")
 

@@ -256,7 +256,7 @@ def gaussian_reference(real: torch.Tensor, n: int, generator: torch.Generator) -
     This is the quality bar: a model must beat it to have learned structure
     beyond the spectrum.
     """
-    from .spectral import fit_power_law
+    from .training.data import fit_spectrum
 
     c = real.shape[1]
     h, w = real.shape[-2:]
@@ -269,11 +269,12 @@ def gaussian_reference(real: torch.Tensor, n: int, generator: torch.Generator) -
     wfreq = torch.sqrt(ky**2 + kx**2) / 2
     out = torch.empty(n, c, h, w, dtype=torch.float64)
     for d in range(c):
+        # not GaussianField: a fitted beta may be ~0 or negative (a flat channel), which a
+        # GaussianField rejects but a reference sample can still use
         x = rot[:, d : d + 1]
-        f, p = rapsd(x - x.mean(dim=(-2, -1), keepdim=True))
-        A, beta = fit_power_law(f, p)
+        A, beta = fit_spectrum(x)
         var = A * wfreq.clamp_min(0.5) ** (-beta)
-        var[0, 0] = float((dct(x.double())[..., 0, 0] ** 2).mean())
+        var[0, 0] = float((dct(x.double())[..., 0, 0] ** 2).mean())  # the data's DC, not A
         z = make_noise((n, 1, h, w), generator, dtype=torch.float64)
         out[:, d : d + 1] = idct(z * var.sqrt())
     back = torch.einsum("cd,ndhw->nchw", U, out)
@@ -534,10 +535,10 @@ def write_outputs(out: Path, res: dict, plans, samples, real, cfg: BenchConfig,
 
     # spectra
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    f, p = rapsd(real - real.mean(dim=(-2, -1), keepdim=True))
+    f, p = rapsd(real)
     ax.loglog(f, p, "k", lw=2, label="held-out real")
     for r, s in list(zip(res["rows"], samples, strict=True))[:6]:
-        f, p = rapsd(s - s.mean(dim=(-2, -1), keepdim=True))
+        f, p = rapsd(s)
         ax.loglog(f, p, lw=1, label=r["method"])
     A, beta = res["spectrum"]["A"], res["spectrum"]["beta"]
     ax.loglog(f, A * f ** (-beta), ":", color="gray", label=f"fit {A:.3g} w^-{beta:.3g}")

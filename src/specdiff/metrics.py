@@ -214,8 +214,8 @@ def rapsd_distance(a: torch.Tensor, b: torch.Tensor, *, basis: str = "dct") -> f
     a, b = _check_images(a, "a"), _check_images(b, "b")
     if a.shape[-2:] != b.shape[-2:]:
         raise ValueError("rapsd_distance needs images of the same size")
-    _, p = rapsd(a - a.mean(dim=(-2, -1), keepdim=True), basis=basis)
-    _, q = rapsd(b - b.mean(dim=(-2, -1), keepdim=True), basis=basis)
+    _, p = rapsd(a, basis=basis)
+    _, q = rapsd(b, basis=basis)
     r = 10 * torch.log10(p.clamp_min(1e-30) / q.clamp_min(1e-30))
     return float(torch.sqrt((r**2).mean()))
 

@@ -177,11 +177,10 @@ def fit_spectrum(images: torch.Tensor) -> tuple[float, float]:
     """``(A, beta)`` of ``P(w) = A w**-beta`` fitted to the images' DCT RAPSD.
 
     Frequencies are in cycles per image (``specdiff.spectral.rapsd``), the
-    units :func:`specdiff.plans.spd_plan` and ``optimal_plan`` expect; the mean
-    of each image is removed first (DC is not part of the fit).
+    units :func:`specdiff.plans.spd_plan` and ``optimal_plan`` expect; DC (the
+    images' means) is not part of the fit (``rapsd`` leaves it out).
     """
-    x = images - images.mean(dim=(-2, -1), keepdim=True)
-    f, p = rapsd(x)
+    f, p = rapsd(images)
     return fit_power_law(f, p)
 
 
