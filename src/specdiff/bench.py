@@ -115,6 +115,14 @@ class BenchModel:
 
         return default_times(steps, grid, shift)
 
+    def fits(self, grid) -> bool:
+        """Every side of ``grid`` is a multiple of the model's (no internal padding)."""
+        return all(int(v) % self.multiple == 0 for v in grid)
+
+    def stage_multiple(self, grid) -> int:
+        """The multiple stage grids are rounded to: the model's when ``grid`` fits it, else 1."""
+        return self.multiple if self.fits(grid) else 1
+
 
 def load_bench_model(name: str, size: tuple[int, int]) -> BenchModel:
     """``unet``/``dit``/path -> the trained model; ``gaussian`` -> the exact Gaussian testbed
@@ -151,7 +159,7 @@ def build_plans(cfg: BenchConfig, bm: BenchModel, flops: dict) -> list[Plan]:
     (filled in here for the grids the plans use)."""
     grid = tuple(cfg.size)
     times = bm.times(cfg.steps, grid, cfg.shift)
-    mult = bm.multiple if all(s % bm.multiple == 0 for s in grid) else 1
+    mult = bm.stage_multiple(grid)
     A, beta = bm.spectrum
     plans = [full_plan(times, grid).with_name(f"baseline {cfg.steps} steps")]
     want = set(cfg.methods)
@@ -179,7 +187,8 @@ def build_plans(cfg: BenchConfig, bm: BenchModel, flops: dict) -> list[Plan]:
         from .plans import optimal_plan, stage_grids
 
         cand_scales = tuple(s for s in (0.25, 0.375, 0.5, 0.625, 0.75)
-                            if _grid_ok(stage_grids(grid, (s, 1.0), multiple=mult)[0], mult))
+                            if all(v % mult == 0
+                                   for v in stage_grids(grid, (s, 1.0), multiple=mult)[0]))
         _measure(bm, flops, [stage_grids(grid, (s, 1.0), multiple=mult)[0] for s in cand_scales])
 
         def cost(g, _f=flops):
@@ -230,10 +239,6 @@ def build_plans(cfg: BenchConfig, bm: BenchModel, flops: dict) -> list[Plan]:
             mp = full_plan(bm.times(n, grid, cfg.shift), grid)
             plans.append(mp.with_name(f"full res, {n} steps (cost of {p.name})"))
     return plans
-
-
-def _grid_ok(g, mult):
-    return all(v % mult == 0 for v in g)
 
 
 def _measure(bm: BenchModel, flops: dict, grids) -> None:
@@ -614,7 +619,7 @@ def run_sample(args) -> Path:
     if scales == (1.0,):
         plan = full_plan(times, grid)
     else:
-        mult = bm.multiple if all(s % bm.multiple == 0 for s in grid) else 1
+        mult = bm.stage_multiple(grid)
         plan = _spd(times, grid, scales, A=bm.spectrum[0], beta=bm.spectrum[1], delta=args.delta,
                     transition=args.transition, multiple=mult,
                     continuation=args.continuation)
