@@ -79,3 +79,19 @@ def test_user_errors_are_one_line_exit_2(trained, tmp_path, capsys):
     assert "unknown methods" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["sample", "--size", "abc", "--out", str(tmp_path)])
+
+
+def test_train_spd_finetune_from_a_model(trained, tmp_path, capsys):
+    out = tmp_path / "ft"
+    assert main(["train", "--objective", "spd", "--init", str(trained), "--steps", "2",
+                 "--sizes", "16", "--pixels", "512", "--spd-mix", "1,0,0", "--out", str(out),
+                 "--quiet"]) == 0
+    side = json.loads((out / "model.json").read_text())
+    assert side["meta"]["train"]["objective"] == "spd"
+    assert side["meta"]["train"]["init"] == str(trained)
+    assert side["config"] == json.loads((trained / "model.json").read_text())["config"]
+    assert main(["train", "--spd-mix", "1,0,0", "--out", str(tmp_path / "x")]) == 2
+    assert "--objective spd" in capsys.readouterr().err
+    assert main(["train", "--objective", "spd", "--init", str(tmp_path / "none"),
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "no model named" in capsys.readouterr().err

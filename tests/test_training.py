@@ -1,6 +1,7 @@
 """Training: data split and crops, loss goes down, resume is bit-exact, atomic checkpoints."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -152,3 +153,116 @@ def test_resolution_shift_of_training_times(photos):
     with pytest.raises(ValueError, match="shift_size"):
         tiny_cfg(shift_size=-1)
     assert default_config("unet").shift_size == 64
+
+
+# --- SPD fine-tuning -------------------------------------------------------------------
+
+
+class _GaussianVelocity(torch.nn.Module):
+    """The exact velocity of a power-law Gaussian field, on any grid: a resolution-consistent
+    model by construction (its posterior is independent per DCT bin)."""
+
+    def __init__(self, field):
+        super().__init__()
+        self.field = field
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # gives the module a device
+
+    def forward(self, x, t):
+        return (x - self.field.denoiser(x, t)) / t[:, None, None, None]
+
+
+def test_spd_targets_are_exact_for_a_resolution_consistent_model(photos):
+    """For the Gaussian field's exact denoiser, the coarse-grid answer *is* the fine-grid answer
+    seen on the coarse grid, so the SPD target on a coarse state must equal the model's own
+    coarse-grid velocity there (time map, resize scaling and target algebra all checked)."""
+    from specdiff.testbeds import GaussianField
+    from specdiff.training.loop import make_spd_batch
+
+    gauss = _GaussianVelocity(GaussianField(60.0, 2.3, (32, 32), channels=3))
+    for scale in (0.5, 0.25):
+        cfg = tiny_cfg(init="x", objective="spd", sizes=(32,), spd_mix=(1, 0, 0),
+                       spd_scales=(scale,), shift_size=16)
+        for step in range(3):
+            x, t, v = make_spd_batch(cfg, photos, step, gauss)
+            side = round(32 * scale)
+            assert x.shape[-2:] == (side, side)
+            assert (t < 1).all() and (t > 0).all()
+            torch.testing.assert_close(v, gauss(x, t), atol=2e-4, rtol=1e-4)
+    # full-grid states: the teacher's own velocity; post-transition: back on the fine grid,
+    # at the fine time, its low band the fine state's
+    cfg = tiny_cfg(init="x", objective="spd", sizes=(32,), spd_mix=(0, 0, 1))
+    x, t, v = make_spd_batch(cfg, photos, 0, gauss)
+    torch.testing.assert_close(v, gauss(x, t))
+    cfg_post = tiny_cfg(init="x", objective="spd", sizes=(32,), spd_mix=(0, 1, 0))
+    xp, tp, _ = make_spd_batch(cfg_post, photos, 0, gauss)
+    torch.testing.assert_close(tp, t)  # same step -> same crop, t and noise as the full state
+    from specdiff.spectral import dct
+
+    torch.testing.assert_close(dct(xp)[..., :16, :16], dct(x)[..., :16, :16], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(dct(xp)[..., 16:, 16:], dct(x)[..., 16:, 16:], atol=1e-2)
+    # post-transition states only where SPD switches: t mapped into [t*, 1]
+    _, tq, _ = make_spd_batch(cfg_post, photos, 0, gauss, post_t_min={(32, 16): 0.4})
+    torch.testing.assert_close(tq, 0.4 + 0.6 * t)
+
+
+def _init_model(tmp_path, photos):
+    train(tiny_cfg(steps=6, sizes=(16, 32), size_weights=(1.0, 1.0)), tmp_path / "init",
+          progress=False, photos=photos, spectrum_sizes=(16,))
+    return str(tmp_path / "init")
+
+
+def _coarse_loss(net, batches):
+    with torch.no_grad():
+        return sum(float(((net(x, t) - v) ** 2).mean()) for x, t, v in batches) / len(batches)
+
+
+def test_spd_finetuning_lowers_the_coarse_loss_and_resumes_bit_exactly(tmp_path, photos):
+    from specdiff.training.loop import make_spd_batch
+
+    init = _init_model(tmp_path, photos)
+    cfg = tiny_cfg(init=init, objective="spd", steps=16, sizes=(32,), pixels=4 * 32 * 32,
+                   spd_mix=(0.8, 0.1, 0.1), lr=2e-3, ema_decay=0.0, checkpoint_every=8,
+                   log_every=4)
+    teacher = load(init).net
+    held_out = [make_spd_batch(replace(cfg, spd_mix=(1, 0, 0)), photos, 10_000 + k, teacher)
+                for k in range(4)]
+    before = _coarse_loss(teacher, held_out)
+    train(cfg, tmp_path / "a", progress=False, photos=photos, spectrum_sizes=(16,))
+    after = _coarse_loss(load(tmp_path / "a").net, held_out)
+    assert after < 0.8 * before
+    # the teacher (the init weights) is rebuilt on resume: same result as one run
+    train(cfg, tmp_path / "b", progress=False, photos=photos, stop_after=8)
+    train(cfg, tmp_path / "b", progress=False, photos=photos, spectrum_sizes=(16,))
+    ta, _ = _state(tmp_path / "a" / "train_state.safetensors")
+    tb, _ = _state(tmp_path / "b" / "train_state.safetensors")
+    for k in ta:
+        assert torch.equal(ta[k], tb[k]), k
+
+
+def test_spd_config_errors(tmp_path, photos):
+    with pytest.raises(ValueError, match="pass init="):
+        tiny_cfg(objective="spd")
+    with pytest.raises(ValueError, match="spd_scales"):
+        tiny_cfg(init="x", objective="spd", spd_scales=(1.0,))
+    with pytest.raises(ValueError, match=">= 8 pixels"):
+        tiny_cfg(init="x", objective="spd", sizes=(16,), spd_scales=(0.25,))
+    with pytest.raises(ValueError, match="objective"):
+        tiny_cfg(objective="distill")
+    init = _init_model(tmp_path, photos)
+    other = {**TINY, "base": 16}
+    with pytest.raises(ValueError, match="model config"):
+        train(tiny_cfg(model=other, init=init, objective="spd"), tmp_path / "x", progress=False,
+              photos=photos)
+    with pytest.raises(FileNotFoundError):
+        train(tiny_cfg(init=str(tmp_path / "nope"), objective="spd"), tmp_path / "y",
+              progress=False, photos=photos)
+
+
+def test_spd_finetune_recipe_takes_the_model_and_data_from_init():
+    from specdiff.training import spd_finetune_config
+
+    cfg = spd_finetune_config("unet-base", steps=10)
+    base = load("unet-base")
+    assert cfg.objective == "spd" and cfg.init == "unet-base" and cfg.steps == 10
+    assert cfg.model == json.loads(json.dumps(base.meta["train"]["model"]))
+    assert (cfg.window, cfg.shift_size) == (base.meta["train"]["window"], base.meta["train"]["shift_size"])

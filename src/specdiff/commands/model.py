@@ -37,6 +37,17 @@ def register(sub) -> None:
                    "(default 128: scale-consistent crops; 0 allows 1:1 crops at every size)")
     p.add_argument("--shift-size", type=int, default=None,
                    help="training-time resolution shift: size-S crops use shift S/N (default 64; 0 off)")
+    p.add_argument("--init", default=None,
+                   help="start from this model (shipped name or checkpoint path); its config is used")
+    p.add_argument("--objective", default="flow", choices=("flow", "spd"),
+                   help="'flow': data targets; 'spd': SPD fine-tuning of --init on the states the "
+                   "progressive sampler visits, the --init model as frozen teacher")
+    p.add_argument("--spd-scales", type=_floats, default=None,
+                   help="coarse/fine grid ratios of the SPD states (default 0.5)")
+    p.add_argument("--spd-mix", type=_floats, default=None,
+                   help="weights of coarse, post-transition and full-grid states (default 0.7,0,0.3)")
+    p.add_argument("--spd-delta", type=float, default=None,
+                   help="post-transition states start at SPD's switch time for this delta (default 0.1)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--checkpoint-every", type=int, default=None)
@@ -124,25 +135,42 @@ def cmd_train(args) -> int:
     from dataclasses import replace
 
     from ..models.config import config_from_dict
-    from ..training.loop import default_config, train
+    from ..training.loop import default_config, spd_finetune_config, train
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    cfg = default_config(args.model)
-    model = dict(cfg.model)
-    model.update(args.model_config)
-    config_from_dict(model)
+    if args.objective == "spd":
+        if args.model_config:
+            raise ValueError("--model-config does not apply to --objective spd: the model is --init's")
+        cfg = spd_finetune_config(args.init or "unet-base")
+        model = cfg.model
+    else:
+        cfg = default_config(args.model)
+        model = dict(cfg.model)
+        model.update(args.model_config)
+        config_from_dict(model)
+        if args.init:
+            from ..models import checkpoint_path
+            from ..models.checkpoint import read_checkpoint
+            from ..models.config import config_to_dict
+
+            model = config_to_dict(read_checkpoint(checkpoint_path(args.init))[1])
+            cfg = replace(cfg, init=str(args.init))
     over = {k: v for k, v in {
         "steps": args.steps, "sizes": args.sizes, "size_weights": args.size_weights,
         "pixels": args.pixels, "lr": args.lr, "shift_size": args.shift_size, "seed": args.seed,
-        "window": args.window,
+        "window": args.window, "spd_scales": args.spd_scales, "spd_mix": args.spd_mix,
+        "spd_delta": args.spd_delta,
         "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
     }.items() if v is not None}
     if args.sizes is not None and args.size_weights is None:
         over["size_weights"] = tuple(1.0 for _ in args.sizes)
-    cfg = replace(cfg, model=model, data=str(args.data), **over).validate()
+    if args.objective == "flow" and (args.spd_scales or args.spd_mix or args.spd_delta):
+        raise ValueError("--spd-scales, --spd-mix and --spd-delta need --objective spd")
+    data = {} if args.objective == "spd" and args.data == "skimage" else {"data": str(args.data)}
+    cfg = replace(cfg, model=model, **data, **over).validate()
     command = "specdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
         if Path(sys.argv[0]).name in ("specdiff", "__main__.py") else None
     res = train(cfg, args.out, resume=not args.no_resume, stop_after=args.stop_after,

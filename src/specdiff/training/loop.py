@@ -66,6 +66,21 @@ class TrainConfig:
     # 128^2 image's large-scale structure is decided, and the model then draws much less
     # large-scale power at 128^2 than at 64^2. 64 matches the sampler's default grid.
     shift_size: int = 0
+    # SPD fine-tuning (DESIGN.md section 8): start from ``init`` (a shipped name or a
+    # checkpoint path) and, with objective "spd", train on the states the progressive
+    # sampler visits, with a frozen copy of ``init`` as the teacher (see make_spd_batch).
+    init: str = ""
+    objective: str = "flow"  # "flow": data targets; "spd": SPD self-distillation
+    spd_scales: tuple[float, ...] = (0.5,)  # coarse grid side / fine grid side
+    # coarse, post-transition, full-grid states; post-transition states are off by default:
+    # with 0.2 of them the SPD SWD gap on the shipped UNet was +8.5% instead of +3.0%
+    # (32 seeds each, docs/embedded-model.md)
+    spd_mix: tuple[float, float, float] = (0.7, 0.0, 0.3)
+    # Post-transition states are drawn at t >= SPD's switch time for this delta (paper Eq. 10
+    # with the init model's data spectrum): SPD never visits a fine grid without its high
+    # frequencies below that time, and there the missing signal is an error no model can
+    # predict, growing like 1 / t. 0.1: covers the usual deltas 0.01-0.1.
+    spd_delta: float = 0.1
     seed: int = 0
     checkpoint_every: int = 250
     log_every: int = 25
@@ -85,6 +100,21 @@ class TrainConfig:
             raise ValueError(f"shift_size must be >= 0 (0: no resolution shift), got {self.shift_size}")
         if not (self.lr > 0 and 0 <= self.ema_decay < 1 and 0 <= self.uniform_t <= 1):
             raise ValueError("need lr > 0, 0 <= ema_decay < 1 and 0 <= uniform_t <= 1")
+        if self.objective not in ("flow", "spd"):
+            raise ValueError(f"objective must be 'flow' or 'spd', got {self.objective!r}")
+        if self.objective == "spd":
+            if not self.init:
+                raise ValueError("objective 'spd' fine-tunes a trained model: pass init= (e.g. "
+                                 "'unet-base' or a checkpoint path)")
+            if not self.spd_scales or any(not 0 < r < 1 for r in self.spd_scales):
+                raise ValueError(f"spd_scales must be in (0, 1), got {self.spd_scales}")
+            if any(round(s * r) < 8 for s in self.sizes for r in self.spd_scales):
+                raise ValueError("every size x spd_scale must be >= 8 pixels")
+            if not 0 < self.spd_delta < 1:
+                raise ValueError(f"spd_delta must be in (0, 1), got {self.spd_delta}")
+            if len(self.spd_mix) != 3 or min(self.spd_mix) < 0 or not sum(self.spd_mix) > 0:
+                raise ValueError(f"spd_mix needs 3 weights >= 0 (coarse, post, full), got "
+                                 f"{self.spd_mix}")
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("checkpoint_every and log_every must be >= 1")
         config_from_dict(self.model)
@@ -142,6 +172,81 @@ def make_batch(cfg: TrainConfig, photos: PhotoSet, step: int, process: int = 0):
     eps = torch.randn(x0.shape, generator=g)
     tb = t[:, None, None, None]
     return (1 - tb) * x0 + tb * eps, t, eps - x0
+
+
+def make_spd_batch(cfg: TrainConfig, photos: PhotoSet, step: int, teacher, process: int = 0, *,
+                   post_t_min: dict | None = None):
+    """``(x, t, v)`` for SPD fine-tuning: a state the progressive sampler visits and its target.
+
+    SPD is exact when the model's coarse-grid prediction equals its fine-grid
+    prediction seen on the coarse grid (``resize`` of the flow state, SPD Eq. 5-6).
+    A size-``S`` crop ``x0`` and noise give the fine state ``x_t``; the frozen
+    ``teacher`` (the model before fine-tuning) predicts ``x0_hat = x_t - t v(x_t, t)``
+    there. Each step builds one of three states (weights ``cfg.spd_mix``):
+
+    - coarse: ``(x_c, t_c) = resize(x_t, t, S r)`` with ``r`` from ``spd_scales``;
+      target ``(x_c - resize(x0_hat, 0, S r)) / t_c``, the teacher's clean image on the
+      coarse grid as a velocity;
+    - post-transition: ``x_p = resize(x_c, t_c, S)`` with fresh noise in the new bins
+      (the state right after an SPD switch: no signal above the coarse Nyquist);
+      target ``(x_p - x0_hat) / t``; ``t`` is mapped into ``[t_min, 1]`` with
+      ``t_min = post_t_min[(S, S r)]`` (SPD's switch time, see :func:`spd_post_times`);
+    - full: ``x_t`` itself with the teacher's velocity (keeps the fine-grid model,
+      i.e. the baseline, where it was).
+
+    The regression optimum on coarse states is ``E[x0_hat | x_c]``, the teacher's
+    fine-grid answer averaged over the detail the coarse grid cannot see.
+    """
+    from ..spectral import resize
+
+    g = step_generator(cfg.seed, step, process)
+    w = torch.tensor(cfg.size_weights, dtype=torch.float64)
+    size = cfg.sizes[int(torch.multinomial(w / w.sum(), 1, generator=g))]
+    n = cfg.batch_for(size)
+    x0 = photos.crops(n, size, g, window=cfg.window)
+    t = sample_t(n, g, cfg.uniform_t)
+    if cfg.shift_size:
+        t = resolution_shift_t(t, size / cfg.shift_size)
+    eps = torch.randn(x0.shape, generator=g)
+    mix = torch.tensor(cfg.spd_mix, dtype=torch.float64)
+    kind = int(torch.multinomial(mix / mix.sum(), 1, generator=g))
+    side = round(size * cfg.spd_scales[int(torch.randint(len(cfg.spd_scales), (1,), generator=g))])
+    fresh = torch.randn(x0.shape, generator=g)  # drawn every step: the stream stays aligned
+    tb = t[:, None, None, None]
+    xt = (1 - tb) * x0 + tb * eps
+    if kind == 1 and post_t_min:
+        lo = float(post_t_min.get((size, side), 0.0))
+        t = lo + (1 - lo) * t
+        tb = t[:, None, None, None]
+        xt = (1 - tb) * x0 + tb * eps
+    dev = next(teacher.parameters()).device
+    with torch.no_grad():
+        v_teacher = teacher(xt.to(dev), t.to(dev)).cpu().float()
+    if kind == 2:
+        return xt, t, v_teacher
+    x0_hat = xt - tb * v_teacher
+    xc, tc = resize(xt, t, (side, side))
+    if kind == 0:
+        x0c, _ = resize(x0_hat, 0.0, (side, side))
+        return xc, tc, (xc - x0c) / tc[:, None, None, None]
+    xp, tp = resize(xc, tc, (size, size), noise=fresh)
+    return xp, tp, (xp - x0_hat) / tp[:, None, None, None]
+
+
+def spd_post_times(cfg: TrainConfig, spectrum) -> dict:
+    """``{(S, S r): t*}``: SPD's switch time (Eq. 10, ``cfg.spd_delta``) for every size and scale.
+
+    ``spectrum(S) -> (A, beta)`` is the data's power law at ``S x S`` (the init
+    model's :meth:`~specdiff.models.EmbeddedModel.spectrum`).
+    """
+    from ..plans import spd_transition_time
+
+    out = {}
+    for size in cfg.sizes:
+        A, beta = spectrum(size)
+        for r in cfg.spd_scales:
+            out[(size, round(size * r))] = spd_transition_time(A, beta, r, size, cfg.spd_delta)
+    return out
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -223,6 +328,18 @@ class TrainResult:
     model_path: Path | None = None
 
 
+def _init_weights(cfg: TrainConfig):
+    """The ``init`` checkpoint's weights (checked against ``cfg.model``) and the model."""
+    from ..models import EmbeddedModel, checkpoint_path
+    from ..models.checkpoint import read_checkpoint
+
+    tensors, config, meta = read_checkpoint(checkpoint_path(cfg.init))
+    if config != config_from_dict(cfg.model):
+        raise ValueError(f"init checkpoint {cfg.init!r} has model config {config_to_dict(config)}, "
+                         f"not {cfg.model}; leave the model config to the checkpoint")
+    return tensors, EmbeddedModel(build(config), config, meta, name=cfg.init)
+
+
 def _split(tensors, prefix):
     n = len(prefix)
     return {k[n:]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -253,6 +370,15 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = True,
     torch.manual_seed(cfg.seed)  # model init only; batches use step generators
     net = build(cfg.model)
     ema = build(cfg.model)
+    teacher, post_t_min = None, None
+    if cfg.init:
+        init_state, init_model = _init_weights(cfg)
+        net.load_state_dict(init_state)
+        if cfg.objective == "spd":
+            teacher = build(cfg.model)
+            teacher.load_state_dict(init_state)
+            teacher.eval().requires_grad_(False)
+            post_t_min = spd_post_times(cfg, init_model.spectrum)
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
@@ -275,6 +401,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = True,
         history = json.loads(md["history"])
     net, opt = acc.prepare(net, opt)
     ema.to(acc.device)
+    if teacher is not None:
+        teacher.to(acc.device)
     if photos is None:
         photos = load_photos(cfg.data, "train")
     end = cfg.steps if stop_after is None else min(cfg.steps, step + int(stop_after))
@@ -285,7 +413,11 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = True,
     net.train()
     try:
         while step < end:
-            xt, t, v = make_batch(cfg, photos, step, acc.process_index)
+            if teacher is None:
+                xt, t, v = make_batch(cfg, photos, step, acc.process_index)
+            else:
+                xt, t, v = make_spd_batch(cfg, photos, step, teacher, acc.process_index,
+                                          post_t_min=post_t_min)
             xt, t, v = xt.to(acc.device), t.to(acc.device), v.to(acc.device)
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step)
@@ -388,5 +520,26 @@ def default_config(kind: str = "unet", **overrides) -> TrainConfig:
     return replace(base, **overrides).validate()
 
 
-__all__ = ["TrainConfig", "train", "make_batch", "default_config", "export_model", "plot_loss",
-           "STATE_FILE", "MODEL_FILE"]
+def spd_finetune_config(init: str = "unet-base", **overrides) -> TrainConfig:
+    """The SPD fine-tuning recipe for the model ``init`` (name or path), with overrides.
+
+    Model config, data, crop window and time shift come from ``init``'s own
+    training record; steps on 64^2 and 128^2 crops (their coarse grids 32^2 and
+    64^2 are the SPD stages of 64^2 and 128^2 sampling), a 4x larger batch than
+    pre-training (the teacher's targets are cheap next to the student's backward
+    pass) and a 4x lower learning rate (the student starts at the teacher).
+    """
+    from ..models import checkpoint_path
+    from ..models.checkpoint import read_checkpoint
+
+    _, config, meta = read_checkpoint(checkpoint_path(init))
+    base = TrainConfig(model=config_to_dict(config))
+    rec = meta.get("train") or {}
+    keep = {k: rec[k] for k in ("data", "window", "shift_size", "uniform_t") if k in rec}
+    base = replace(base, **keep, init=str(init), objective="spd", steps=1200, sizes=(64, 128),
+                   size_weights=(0.3, 0.7), pixels=4 * 128 * 128, lr=1e-4, warmup=50)
+    return replace(base, **overrides).validate()
+
+
+__all__ = ["TrainConfig", "train", "make_batch", "make_spd_batch", "default_config",
+           "spd_finetune_config", "export_model", "plot_loss", "STATE_FILE", "MODEL_FILE"]
