@@ -189,7 +189,7 @@ def test_default_times_use_the_resolution_shift():
     assert torch.equal(default_times(4, (32, 32)), default_times(4, (64, 64)))  # shift >= 1
 
 
-@pytest.mark.parametrize("name", ["unet", "dit"])
+@pytest.mark.parametrize("name", ["unet", "unet-base", "dit"])
 def test_shipped_checkpoints_load(name):
     path = CHECKPOINT_DIR / f"{name}.safetensors"
     if not path.is_file():
@@ -203,3 +203,27 @@ def test_shipped_checkpoints_load(name):
     assert A > 0 and 1 < beta < 4
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(den(x, torch.tensor([0.5]))).all()
+
+
+def test_shipped_unet_record_reproduces_its_training_config():
+    """The command in unet.json, parsed by today's CLI, gives exactly the config it was trained
+    with (SPD fine-tuning of the shipped unet-base)."""
+    import shlex
+    from unittest import mock
+
+    import specdiff.training.loop as loop
+    from specdiff.cli import main
+    from specdiff.training.loop import TrainConfig
+
+    side = json.loads((CHECKPOINT_DIR / "unet.json").read_text())
+    seen = {}
+
+    def fake_train(cfg, out, **kw):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    argv = shlex.split(side["record"]["command"])[1:]
+    with mock.patch.object(loop, "train", fake_train), pytest.raises(SystemExit):
+        main(argv)
+    assert seen["cfg"] == TrainConfig.from_dict(side["meta"]["train"])
+    assert seen["cfg"].objective == "spd" and seen["cfg"].init == "unet-base"

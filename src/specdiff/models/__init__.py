@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 #: Names that ``load`` resolves to shipped checkpoints.
-SHIPPED = ("unet", "dit")
+SHIPPED = ("unet", "unet-base", "dit")
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
 #: The default time grid is the SD3 shift ``rho t / (1 + (rho - 1) t)`` with
