@@ -159,9 +159,9 @@ def resolution_shift_t(t: torch.Tensor, shift: float) -> torch.Tensor:
     return resolution_shift(t, shift).clamp(1e-4, 1 - 1e-4)
 
 
-def make_batch(cfg: TrainConfig, photos: PhotoSet, step: int, process: int = 0):
-    """``(x_t, t, v)`` for step ``step``: crops at one size, times, the target velocity."""
-    g = step_generator(cfg.seed, step, process)
+def _draw(cfg: TrainConfig, photos: PhotoSet, g: torch.Generator):
+    """One step's crop size, clean crops ``x0``, times ``t`` and noise ``eps`` (in this order
+    from ``g``: the order is part of every recorded training run)."""
     w = torch.tensor(cfg.size_weights, dtype=torch.float64)
     size = cfg.sizes[int(torch.multinomial(w / w.sum(), 1, generator=g))]
     n = cfg.batch_for(size)
@@ -169,7 +169,12 @@ def make_batch(cfg: TrainConfig, photos: PhotoSet, step: int, process: int = 0):
     t = sample_t(n, g, cfg.uniform_t)
     if cfg.shift_size:
         t = resolution_shift_t(t, size / cfg.shift_size)
-    eps = torch.randn(x0.shape, generator=g)
+    return size, x0, t, torch.randn(x0.shape, generator=g)
+
+
+def make_batch(cfg: TrainConfig, photos: PhotoSet, step: int, process: int = 0):
+    """``(x_t, t, v)`` for step ``step``: crops at one size, times, the target velocity."""
+    _, x0, t, eps = _draw(cfg, photos, step_generator(cfg.seed, step, process))
     tb = t[:, None, None, None]
     return (1 - tb) * x0 + tb * eps, t, eps - x0
 
@@ -200,14 +205,7 @@ def make_spd_batch(cfg: TrainConfig, photos: PhotoSet, step: int, teacher, proce
     from ..spectral import resize
 
     g = step_generator(cfg.seed, step, process)
-    w = torch.tensor(cfg.size_weights, dtype=torch.float64)
-    size = cfg.sizes[int(torch.multinomial(w / w.sum(), 1, generator=g))]
-    n = cfg.batch_for(size)
-    x0 = photos.crops(n, size, g, window=cfg.window)
-    t = sample_t(n, g, cfg.uniform_t)
-    if cfg.shift_size:
-        t = resolution_shift_t(t, size / cfg.shift_size)
-    eps = torch.randn(x0.shape, generator=g)
+    size, x0, t, eps = _draw(cfg, photos, g)
     mix = torch.tensor(cfg.spd_mix, dtype=torch.float64)
     kind = int(torch.multinomial(mix / mix.sum(), 1, generator=g))
     side = round(size * cfg.spd_scales[int(torch.randint(len(cfg.spd_scales), (1,), generator=g))])
