@@ -327,15 +327,15 @@ class TrainResult:
 
 
 def _init_weights(cfg: TrainConfig):
-    """The ``init`` checkpoint's weights (checked against ``cfg.model``) and the model."""
-    from ..models import EmbeddedModel, checkpoint_path
+    """The ``init`` checkpoint's ``(weights, config, meta)``, its config checked against ``cfg``."""
+    from ..models import checkpoint_path
     from ..models.checkpoint import read_checkpoint
 
     tensors, config, meta = read_checkpoint(checkpoint_path(cfg.init))
     if config != config_from_dict(cfg.model):
         raise ValueError(f"init checkpoint {cfg.init!r} has model config {config_to_dict(config)}, "
                          f"not {cfg.model}; leave the model config to the checkpoint")
-    return tensors, EmbeddedModel(build(config), config, meta, name=cfg.init)
+    return tensors, config, meta
 
 
 def _split(tensors, prefix):
@@ -370,13 +370,16 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = True,
     ema = build(cfg.model)
     teacher, post_t_min = None, None
     if cfg.init:
-        init_state, init_model = _init_weights(cfg)
+        from ..models import EmbeddedModel
+
+        init_state, init_config, init_meta = _init_weights(cfg)
         net.load_state_dict(init_state)
         if cfg.objective == "spd":
-            teacher = build(cfg.model)
+            teacher = build(init_config)
             teacher.load_state_dict(init_state)
-            teacher.eval().requires_grad_(False)
-            post_t_min = spd_post_times(cfg, init_model.spectrum)
+            teacher.requires_grad_(False)
+            # EmbeddedModel puts the teacher in eval mode and reads the data spectrum from meta
+            post_t_min = spd_post_times(cfg, EmbeddedModel(teacher, init_config, init_meta).spectrum)
     ema.load_state_dict(net.state_dict())
     ema.requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99),
