@@ -115,13 +115,10 @@ class BenchModel:
 
         return default_times(steps, grid, shift)
 
-    def fits(self, grid) -> bool:
-        """Every side of ``grid`` is a multiple of the model's (no internal padding)."""
-        return all(int(v) % self.multiple == 0 for v in grid)
-
     def stage_multiple(self, grid) -> int:
-        """The multiple stage grids are rounded to: the model's when ``grid`` fits it, else 1."""
-        return self.multiple if self.fits(grid) else 1
+        """The multiple stage grids are rounded to: the model's when every side of ``grid`` is a
+        multiple of it (no internal padding), else 1."""
+        return self.multiple if all(int(v) % self.multiple == 0 for v in grid) else 1
 
 
 def load_bench_model(name: str, size: tuple[int, int]) -> BenchModel:

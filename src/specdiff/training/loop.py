@@ -210,13 +210,11 @@ def make_spd_batch(cfg: TrainConfig, photos: PhotoSet, step: int, teacher, proce
     kind = int(torch.multinomial(mix / mix.sum(), 1, generator=g))
     side = round(size * cfg.spd_scales[int(torch.randint(len(cfg.spd_scales), (1,), generator=g))])
     fresh = torch.randn(x0.shape, generator=g)  # drawn every step: the stream stays aligned
-    tb = t[:, None, None, None]
-    xt = (1 - tb) * x0 + tb * eps
     if kind == 1 and post_t_min:
         lo = float(post_t_min.get((size, side), 0.0))
         t = lo + (1 - lo) * t
-        tb = t[:, None, None, None]
-        xt = (1 - tb) * x0 + tb * eps
+    tb = t[:, None, None, None]
+    xt = (1 - tb) * x0 + tb * eps
     dev = next(teacher.parameters()).device
     with torch.no_grad():
         v_teacher = teacher(xt.to(dev), t.to(dev)).cpu().float()
