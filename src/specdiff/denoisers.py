@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .solvers import Denoiser
+from .spectral import broadcast_time
 
 __all__ = [
     "Denoiser",
@@ -57,10 +58,6 @@ def flow_to_ve(x: torch.Tensor, t):
     return x / (1 - t), t / (1 - t)
 
 
-def _bt(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
-
-
 class FlowDenoiser:
     """Wrap a flow-frame network ``model(x, t, **cond)`` as a ``Denoiser``.
 
@@ -88,7 +85,7 @@ class FlowDenoiser:
         out = self.model(x.to(dt), (t * self.time_scale).to(dt), **cond).to(x.dtype)
         if self.prediction == "x0":
             return out
-        return x - _bt(t, x) * out
+        return x - broadcast_time(t, x) * out
 
 
 class VPDenoiser:
@@ -145,7 +142,7 @@ class VPDenoiser:
         return (idx - 1).to(torch.float64) + w
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
-        tb = _bt(t, x)
+        tb = broadcast_time(t, x)
         timestep = self.timestep_of(t).to(device=x.device)
         sigma = tb / (1 - tb)
         a = 1 / torch.sqrt(1 + sigma**2)  # sqrt(abar) at this noise level

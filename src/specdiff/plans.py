@@ -15,17 +15,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
 from .solvers import get_solver
-from .spectral import SPECTRAL_BASES, resolution_shift
+from .spectral import resolution_shift
+from .transitions import LEGACY_KINDS, Transition, X0Renoise, as_transition
 
-TRANSITIONS = (*SPECTRAL_BASES, "pyramid", "x0_bicubic", "x0_dct")
-"""Transition kinds. Spectral ones (``dct``, ``fft``, ``haar``) and ``pyramid``
-carry the state and shift its time; ``x0_*`` replace it by the upsampled clean
-estimate plus fresh noise at the next stage's first time."""
+TRANSITIONS = LEGACY_KINDS
+"""The legacy transition strings the ``transition=`` arguments accept (see
+:mod:`specdiff.transitions` for the objects: ``Spectral``, ``Pyramid``, ``X0Renoise``)."""
 
 
 # ---------------------------------------------------------------------------
@@ -214,10 +214,24 @@ def respace(reference, t_start: float, t_end: float, num_steps: int) -> list[flo
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage: a grid and the descending times it walks (first = entry, last = exit)."""
+    """One stage: a grid, the descending times it walks (first = entry, last = exit),
+    the transition that enters it (``None`` for the first stage) and the key of the
+    model that runs it (``None``: the default model).
+
+    ``Stage(grid, times)`` with no transition takes the plan's ``transition=``
+    (``Spectral("dct")`` unless told otherwise) when the :class:`Plan` is built.
+    """
 
     grid: tuple[int, ...]
     times: tuple[float, ...]
+    transition: Transition | None = None
+    model: str | None = None
+
+    def __post_init__(self):
+        if self.transition is not None and not isinstance(self.transition, Transition):
+            object.__setattr__(self, "transition", as_transition(self.transition))
+        if self.model is not None and not (isinstance(self.model, str) and self.model):
+            raise ValueError(f"a stage's model key must be a non-empty string or None, got {self.model!r}")
 
     @property
     def steps(self) -> int:
@@ -228,29 +242,90 @@ class Stage:
         return math.prod(self.grid)
 
 
-CostModel = str | Callable[[tuple[int, ...]], float] | Mapping[tuple[int, ...], float]
+CostModel = (str | Callable[[tuple[int, ...]], float]
+             | Mapping[tuple[int, ...] | tuple[str | None, tuple[int, ...]], float])
+
+#: the model key of stages that name none (``Stage.model = None``)
+DEFAULT_MODEL = "default"
 
 
 @dataclass(frozen=True)
+class PlanMeta:
+    """What a constructor knew when it built a plan (typed; read by tables, never parsed).
+
+    ``family`` names the constructor (``"full"``, ``"spd"``, ``"fraction"``,
+    ``"pyramidal"``, ``"bottleneck"``, ``"cascade"``, ``"scalewise"``,
+    ``"optimal"``; ``""`` for a hand-built plan). The other fields are ``None``
+    where the family has no such notion.
+    """
+
+    family: str = ""
+    scales: tuple[float, ...] | None = None
+    delta: float | tuple[float, ...] | None = None
+    t_star: tuple[float, ...] | None = None
+    continuation: str | None = None
+    switch_steps: tuple[int, ...] | None = None
+    fractions: tuple[float, ...] | None = None
+    switch_times: tuple[float, ...] | None = None
+    renoise_at: tuple[float, ...] | None = None
+    # optimal_plan: the closed-form quality it found and the bar it had to meet
+    w2: float | None = None
+    kl: float | None = None
+    cost: float | None = None
+    target: float | None = None
+    quality: str | None = None
+    baseline_w2: float | None = None
+    baseline_kl: float | None = None
+    deltas: tuple[float, ...] | None = None
+    solver: str | None = None
+
+    def as_dict(self) -> dict:
+        """The fields that are set, for JSON output."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) not in (None, "")}
+
+
+@dataclass(frozen=True, init=False)
 class Plan:
-    """Stages and the transition between them. Build with the constructors below.
+    """Stages, each with the transition that enters it and its model key.
+
+    Build with the constructors below, or by hand from :class:`Stage` objects
+    (one plan may mix transitions and models). ``transition=`` fills the entry
+    transition of every later stage that has none (a legacy string such as
+    ``"dct"`` or ``"x0_bicubic"``, or a :class:`Transition`).
 
     Invariants (checked): every stage's times strictly decrease; the last
-    stage ends at ``t = 0``; for carried transitions the next stage starts at
-    the time the resize returns; all grids have the same rank.
+    stage ends at ``t = 0``; after a carried transition the next stage starts
+    at the time the resize returns; after an x0 re-noise it restarts at ``t > 0``;
+    all grids have the same rank.
     """
 
     stages: tuple[Stage, ...]
-    transition: str = "dct"
     name: str = ""
-    meta: tuple[tuple[str, object], ...] = field(default=(), compare=False)
+    meta: PlanMeta = field(default=PlanMeta(), compare=False)
 
-    def __post_init__(self):
-        if not self.stages:
-            raise ValueError("a plan needs at least one stage")
-        if self.transition not in TRANSITIONS:
-            raise ValueError(f"transition must be one of {TRANSITIONS}, got {self.transition!r}")
+    def __init__(self, stages, transition: Transition | str | None = None, name: str = "",
+                 meta: PlanMeta | None = None):
+        stages = tuple(stages)
+        if not stages or not all(isinstance(st, Stage) for st in stages):
+            raise ValueError("a plan needs at least one stage, each a specdiff.plans.Stage")
+        default = as_transition(transition if transition is not None else "dct")
+        if stages[0].transition is not None:
+            raise ValueError("the first stage has no entering transition (leave Stage.transition None)")
+        stages = stages[:1] + tuple(st if st.transition is not None else replace(st, transition=default)
+                                    for st in stages[1:])
+        if meta is None:
+            meta = PlanMeta()
+        if not isinstance(meta, PlanMeta):
+            raise ValueError(f"meta must be a specdiff.plans.PlanMeta, got {type(meta).__name__}")
+        object.__setattr__(self, "stages", stages)
+        object.__setattr__(self, "name", str(name))
+        object.__setattr__(self, "meta", meta)
+        self._validate()
+
+    def _validate(self) -> None:
         rank = len(self.stages[0].grid)
+        last = len(self.stages) - 1
         for i, st in enumerate(self.stages):
             if len(st.grid) != rank or any(int(g) < 1 for g in st.grid):
                 raise ValueError(f"stage {i} grid {st.grid} is not a valid {rank}-D grid")
@@ -259,19 +334,22 @@ class Plan:
             ts = st.times
             if any(not (0 <= a <= 1) for a in ts) or any(b >= a for a, b in zip(ts, ts[1:])):
                 raise ValueError(f"stage {i} times must strictly decrease within [0, 1]: {ts}")
-            if len(ts) < 2 and not (self.transition.startswith("x0") and i < len(self.stages) - 1):
+            # a single time is allowed only before an x0 re-noise (one estimate, no step)
+            if len(ts) < 2 and (i == last or self.stages[i + 1].transition.carries_state):
                 raise ValueError(f"stage {i} needs at least one step")
         if self.stages[-1].times[-1] != 0:
             raise ValueError("the last stage must end at t = 0")
-        for i in range(len(self.stages) - 1):
+        for i in range(last):
             a, b = self.stages[i], self.stages[i + 1]
             if a.grid == b.grid:
                 raise ValueError(f"stages {i} and {i + 1} have the same grid {a.grid}; merge them")
-            if self.carries_state:
+            tr = b.transition
+            tr.check(a.grid, b.grid)
+            if tr.carries_state:
                 expected = self.entry_time(i)
                 if abs(b.times[0] - expected) > 1e-9:
                     raise ValueError(
-                        f"stage {i + 1} starts at {b.times[0]} but the {self.transition} "
+                        f"stage {i + 1} starts at {b.times[0]} but the {tr.kind} "
                         f"transition from t={a.times[-1]} gives {expected}"
                     )
             elif not b.times[0] > 0:
@@ -279,8 +357,42 @@ class Plan:
 
     # --- structure -------------------------------------------------------
     @property
+    def transitions(self) -> tuple[Transition, ...]:
+        """The transition entering each stage after the first (``len(stages) - 1`` of them)."""
+        return tuple(st.transition for st in self.stages[1:])
+
+    @property
+    def transition(self) -> str:
+        """Label of the plan's transitions: the common kind (``"dct"`` for one stage) or ``"mixed"``."""
+        kinds = {tr.kind for tr in self.transitions}
+        if not kinds:
+            return "dct"
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+
+    @property
     def carries_state(self) -> bool:
-        return not self.transition.startswith("x0")
+        """Every transition carries the state (no x0 re-noise anywhere)."""
+        return all(tr.carries_state for tr in self.transitions)
+
+    @property
+    def model_keys(self) -> tuple[str, ...]:
+        """The model keys the stages name (``DEFAULT_MODEL`` for stages naming none), in order."""
+        keys = [st.model or DEFAULT_MODEL for st in self.stages]
+        return tuple(dict.fromkeys(keys))
+
+    def coupling_basis(self) -> str:
+        """Basis in which seed-coupled noise is split between the stages' grids.
+
+        The common basis of the carried transitions (``"dct"`` when there are
+        none). Raises ``ValueError`` when carried transitions disagree: one
+        full-resolution noise cannot be band-split in two bases at once.
+        """
+        bases = {tr.coupling_basis for tr in self.transitions if tr.coupling_basis is not None}
+        if len(bases) > 1:
+            raise ValueError(
+                f"seed-coupled noise needs one basis for all carried transitions, this plan mixes "
+                f"{sorted(bases)}; sample it with coupled=False (fresh noise at each transition)")
+        return bases.pop() if bases else "dct"
 
     @property
     def full_grid(self) -> tuple[int, ...]:
@@ -293,32 +405,35 @@ class Plan:
     def entry_time(self, i: int) -> float:
         """Time at which stage ``i + 1`` starts for a carried transition out of stage ``i``."""
         a, b = self.stages[i], self.stages[i + 1]
-        rho = math.sqrt(b.elements / a.elements)
-        return float(resolution_shift(a.times[-1], rho))
+        return b.transition.entry_time(a.times[-1], a.grid, b.grid)
 
     def evaluations(self, solver="euler") -> list[int]:
-        """Model evaluations per stage (an x0 transition out of ``t > 0`` costs one more)."""
+        """Model evaluations per stage (an x0 transition out of ``t > 0`` costs one more,
+        charged to the stage whose model takes that estimate)."""
         sv = get_solver(solver)
         out = []
         for i, st in enumerate(self.stages):
             n = sv.evaluations(st.times) if st.steps else 0
-            if not self.carries_state and i < len(self.stages) - 1 and st.times[-1] > 0:
+            nxt = self.stages[i + 1] if i + 1 < len(self.stages) else None
+            if nxt is not None and not nxt.transition.carries_state and st.times[-1] > 0:
                 n += 1
             out.append(n)
         return out
 
     def eval_costs(self, cost_model: CostModel = "tokens") -> list[float]:
-        """Cost of one evaluation on each stage's grid, in full-resolution evaluations."""
-        full = self.full_grid
-        return [_unit_cost(st.grid, full, cost_model) for st in self.stages]
+        """Cost of one evaluation on each stage's grid with its model, in units of one
+        evaluation of the last stage's model on the full grid."""
+        full, full_model = self.full_grid, self.stages[-1].model
+        return [_unit_cost(st.grid, st.model, full, full_model, cost_model) for st in self.stages]
 
     def cost(self, cost_model: CostModel = "tokens", solver="euler") -> float:
         """Total cost in units of one full-resolution model evaluation.
 
         ``cost_model``: ``"tokens"`` (cost ~ elements: convnets, MLPs),
         ``"attention"`` (cost ~ elements^2: attention-dominated transformers),
-        a callable ``grid -> cost``, or a mapping ``grid -> cost`` such as the
-        measured FLOPs from :func:`measure_eval_cost`.
+        a callable ``grid -> cost``, or a mapping such as the measured FLOPs from
+        :func:`measure_eval_cost`, keyed by ``grid`` or, for plans that run
+        several models, by ``(model_key, grid)`` (tried first).
         """
         return sum(
             n * c for n, c in zip(self.evaluations(solver), self.eval_costs(cost_model), strict=True)
@@ -332,23 +447,34 @@ class Plan:
         return base / self.cost(cost_model, solver)
 
     def describe(self, solver="euler", cost_model: CostModel = "tokens") -> list[dict]:
-        """One row per stage: grid, steps, evaluations, time span, relative cost."""
+        """One row per stage: grid, entering transition, model, steps, evaluations, time span,
+        relative cost."""
         rows = []
         evals = self.evaluations(solver)
         costs = self.eval_costs(cost_model)
         for i, st in enumerate(self.stages):
             rows.append({
-                "stage": i, "grid": "x".join(map(str, st.grid)), "steps": st.steps,
+                "stage": i, "grid": "x".join(map(str, st.grid)),
+                "transition": st.transition.kind if st.transition is not None else "-",
+                "model": st.model or DEFAULT_MODEL, "steps": st.steps,
                 "evaluations": evals[i], "t_start": st.times[0], "t_end": st.times[-1],
                 "eval_cost": costs[i], "cost": evals[i] * costs[i],
             })
         return rows
 
     def with_name(self, name: str) -> Plan:
-        return Plan(self.stages, self.transition, name, self.meta)
+        return Plan(self.stages, None, name, self.meta)
+
+    def with_models(self, models: Sequence[str | None]) -> Plan:
+        """The same plan with stage ``i`` run by model key ``models[i]``."""
+        models = list(models)
+        if len(models) != len(self.stages):
+            raise ValueError(f"need one model key per stage ({len(self.stages)}), got {len(models)}")
+        return Plan(tuple(replace(st, model=m) for st, m in zip(self.stages, models, strict=True)),
+                    None, self.name, self.meta)
 
 
-def _unit_cost(grid, full, cost_model) -> float:
+def _unit_cost(grid, model, full, full_model, cost_model) -> float:
     if isinstance(cost_model, str):
         ratio = math.prod(grid) / math.prod(full)
         if cost_model == "tokens":
@@ -360,10 +486,15 @@ def _unit_cost(grid, full, cost_model) -> float:
         )
     if callable(cost_model):
         return float(cost_model(tuple(grid))) / float(cost_model(tuple(full)))
-    try:
-        return float(cost_model[tuple(grid)]) / float(cost_model[tuple(full)])
-    except KeyError as e:
-        raise ValueError(f"the cost mapping has no entry for grid {e.args[0]}") from None
+
+    def lookup(m, g):
+        g = tuple(g)
+        for key in ((m, g), (m or DEFAULT_MODEL, g), g):
+            if key in cost_model:
+                return float(cost_model[key])
+        raise ValueError(f"the cost mapping has no entry for grid {g} (model {m or DEFAULT_MODEL})")
+
+    return lookup(model, grid) / lookup(full_model, full)
 
 
 def measure_eval_cost(denoiser, grids: Sequence[Sequence[int]], channels: int, *,
@@ -441,65 +572,90 @@ def full_plan(times, grid) -> Plan:
     t = _as_times(times)
     if t[-1] != 0:
         raise ValueError("the time grid must end at 0")
-    return Plan((Stage(_as_grid(grid), tuple(float(v) for v in t)),), "dct", "full")
+    return Plan((Stage(_as_grid(grid), tuple(float(v) for v in t)),), None, "full",
+                PlanMeta(family="full"))
 
 
-def _entry(t_end: float, a: tuple[int, ...], b: tuple[int, ...], transition: str) -> float:
-    if transition.startswith("x0"):
-        raise ValueError("x0 transitions have no derived entry time")
-    return float(resolution_shift(t_end, math.sqrt(math.prod(b) / math.prod(a))))
+def _per_stage_transitions(transition, n_stages: int) -> list[Transition]:
+    """One entering transition per later stage from one value or a sequence of them."""
+    if isinstance(transition, Transition | str):
+        return [as_transition(transition)] * (n_stages - 1)
+    trs = [as_transition(tr) for tr in transition]
+    if len(trs) != n_stages - 1:
+        raise ValueError(f"need one transition per stage switch ({n_stages - 1}), got {len(trs)}")
+    return trs
 
 
-def _check_transition(transition: str, grids) -> None:
-    if transition not in TRANSITIONS:
-        raise ValueError(f"transition must be one of {TRANSITIONS}, got {transition!r}")
-    if transition in ("haar", "pyramid"):
-        for a, b in zip(grids, grids[1:]):
-            ok = all(y in (x, 2 * x) for x, y in zip(a, b))
-            if not ok or (transition == "pyramid" and (b[-1] != 2 * a[-1] or b[-2] != 2 * a[-2])):
-                raise ValueError(
-                    f"transition {transition!r} needs exactly 2x between stages, got {a} -> {b}; "
-                    "use scales like (0.25, 0.5, 1) or transition='dct'"
-                )
+def _check_transitions(trs: Sequence[Transition], grids) -> None:
+    for tr, a, b in zip(trs, grids[:-1], grids[1:], strict=True):
+        tr.check(a, b)
 
 
-def _keep_plan(t: torch.Tensor, grids, switch_idx: list[int], transition: str, name: str,
-               meta=()) -> Plan:
+def _per_stage_models(models, n_stages: int) -> list[str | None]:
+    if models is None:
+        return [None] * n_stages
+    models = list(models)
+    if len(models) != n_stages:
+        raise ValueError(f"need one model key per stage ({n_stages}), got {len(models)}")
+    return models
+
+
+def _keep_plan(t: torch.Tensor, grids, switch_idx: list[int], transition, name: str,
+               meta: PlanMeta) -> Plan:
     """Stages on the global grid: stage i ends at ``t[switch_idx[i]]``; the next one
     restarts there with that entry replaced by the shifted time (SPD's rule)."""
+    trs = _per_stage_transitions(transition, len(grids))
+    if not all(tr.carries_state for tr in trs):
+        raise ValueError("this plan keeps the global time grid across switches, so every "
+                         "transition must carry the state: use Spectral(...) or Pyramid()")
+    _check_transitions(trs, grids)
     stages, start, first = [], 0, float(t[0])
     for i, g in enumerate(grids):
         end = switch_idx[i] if i < len(switch_idx) else len(t) - 1
         times = [first] + [float(v) for v in t[start + 1 : end + 1]]
-        stages.append(Stage(g, tuple(times)))
+        stages.append(Stage(g, tuple(times), trs[i - 1] if i else None))
         if i < len(grids) - 1:
-            first = _entry(float(t[end]), g, grids[i + 1], transition)
+            first = trs[i].entry_time(float(t[end]), g, grids[i + 1])
             start = end
-    return Plan(tuple(stages), transition, name, tuple(meta))
+    return Plan(tuple(stages), None, name, meta)
 
 
-def staged_plan(grids, spans, steps, profile, transition, name, meta=()) -> Plan:
-    """Stages with their own spacing: stage i walks ``spans[i] = (t_start, t_end)``
-    in ``steps[i]`` steps along ``profile`` (one for all stages, or a list with one
-    per stage); carried transitions set the next start."""
+def staged_plan(grids, spans, steps, profile, transition="dct", name: str = "",
+                meta: PlanMeta | None = None, *, models=None) -> Plan:
+    """Stages with their own spacing, transition and model.
+
+    Stage ``i`` walks ``spans[i] = (t_start, t_end)`` in ``steps[i]`` steps along
+    ``profile`` (a reference time grid or an SD3 shift; one for all stages or a
+    list with one per stage). ``transition`` is one transition (object or legacy
+    string) for every switch or a sequence with one per switch, so one plan can
+    mix them: after a carried transition (``Spectral``, ``Pyramid``) the next
+    stage starts at the time the resize returns (its ``t_start`` is ignored and
+    may be ``None``); after an ``X0Renoise`` it starts at its own ``t_start``.
+    ``models`` gives each stage's model key (default: all ``None``).
+    """
+    grids = [tuple(g) for g in grids]
+    trs = _per_stage_transitions(transition, len(grids))
+    keys = _per_stage_models(models, len(grids))
+    _check_transitions(trs, grids)
+    if len(spans) != len(grids) or len(steps) != len(grids):
+        raise ValueError(f"need one span and one step count per stage ({len(grids)})")
     stages = []
     t_start = spans[0][0]
     profiles = profile if isinstance(profile, list) else [profile] * len(grids)
     for i, g in enumerate(grids):
         t_end = spans[i][1]
-        if not (t_start > t_end):
+        if t_start is None or not (t_start > t_end):
             raise ValueError(
-                f"stage {i} would run from t={t_start:.4f} to t={t_end:.4f}; switch times must "
-                "decrease and stay below the previous stage's entry time"
+                f"stage {i} would run from t={t_start} to t={t_end:.4f}; switch times must "
+                "decrease and stay below the previous stage's entry time (and a stage entered "
+                "by an x0 re-noise needs its own start time)"
             )
         times = tuple(respace(profiles[i], t_start, t_end, int(steps[i])))
-        stages.append(Stage(g, times))
+        stages.append(Stage(g, times, trs[i - 1] if i else None, keys[i]))
         if i < len(grids) - 1:
-            if transition.startswith("x0"):
-                t_start = spans[i + 1][0]
-            else:
-                t_start = _entry(t_end, g, grids[i + 1], transition)
-    return Plan(tuple(stages), transition, name, tuple(meta))
+            tr = trs[i]
+            t_start = tr.entry_time(t_end, g, grids[i + 1]) if tr.carries_state else spans[i + 1][0]
+    return Plan(tuple(stages), None, name, meta)
 
 
 def spd_switch_times(grid, scales, spectrum, delta: float = 0.01, *, multiple: int = 1,
@@ -530,8 +686,8 @@ def _per_transition(value, n, what):
 
 
 def spd_plan(times, grid, scales, *, A: float | None = None, beta: float | None = None,
-             spectrum=None, delta=0.01, continuation: str = "keep", transition: str = "dct",
-             multiple: int = 1, axes: int = 2) -> Plan:
+             spectrum=None, delta=0.01, continuation: str = "keep",
+             transition: Transition | str = "dct", multiple: int = 1, axes: int = 2) -> Plan:
     """Spectral Progressive Diffusion plan (SPD paper Eq. 9-10).
 
     Stage ``i`` (grid from ``scales[i]``) hands over at the first grid time
@@ -561,13 +717,15 @@ def spd_plan(times, grid, scales, *, A: float | None = None, beta: float | None 
     if continuation not in ("keep", "respace"):
         raise ValueError(f"continuation must be 'keep' or 'respace', got {continuation!r}")
     grids = stage_grids(grid, scales, multiple=multiple, axes=axes)
-    _check_transition(transition, grids)
-    if transition.startswith("x0"):
-        raise ValueError("SPD carries the state: use transition 'dct', 'fft', 'haar' or 'pyramid'")
+    tr = as_transition(transition)
+    if not tr.carries_state:
+        raise ValueError("SPD carries the state: use transition Spectral('dct'|'fft'|'haar') or "
+                         "Pyramid() (or the strings 'dct', 'fft', 'haar', 'pyramid')")
+    _check_transitions([tr] * (len(grids) - 1), grids)
     tstars = spd_switch_times(grid, scales, spec, delta, multiple=multiple, axes=axes)
     n = len(t) - 1
-    meta = (("delta", delta), ("t_star", tuple(tstars)), ("scales", tuple(scales)),
-            ("continuation", continuation))
+    meta = PlanMeta(family="spd", delta=delta if isinstance(delta, int | float) else tuple(delta),
+                    t_star=tuple(tstars), scales=tuple(scales), continuation=continuation)
     name = f"spd {'/'.join(f'{s:g}' for s in scales)} delta={delta}"
     if continuation == "keep":
         idx, last = [], 0
@@ -579,7 +737,7 @@ def spd_plan(times, grid, scales, *, A: float | None = None, beta: float | None 
             last = j
         if len(idx) and idx[-1] >= n:
             raise ValueError("too few steps for this many stages")
-        return _keep_plan(t, grids, idx, transition, name, meta + (("switch_steps", tuple(idx)),))
+        return _keep_plan(t, grids, idx, tr, name, replace(meta, switch_steps=tuple(idx)))
     # respace: find each switch on the current (respaced) grid
     stages, cur, first, used = [], t, float(t[0]), 0
     for i, g in enumerate(grids):
@@ -590,23 +748,22 @@ def spd_plan(times, grid, scales, *, A: float | None = None, beta: float | None 
         else:
             j = len(cur) - 1
         times_i = [first] + [float(v) for v in cur[1 : j + 1]]
-        stages.append(Stage(g, tuple(times_i)))
+        stages.append(Stage(g, tuple(times_i), tr if i else None))
         used += j
         if i < len(grids) - 1:
-            first = _entry(float(cur[j]), g, grids[i + 1], transition)
+            first = tr.entry_time(float(cur[j]), g, grids[i + 1])
             remaining = n - used
             if remaining < 1:
                 raise ValueError("too few steps for this many stages")
             cur = torch.tensor(respace(t, first, 0.0, remaining), dtype=torch.float64)
-    return Plan(tuple(stages), transition, name + " respace", meta)
+    return Plan(tuple(stages), None, name + " respace", meta)
 
 
-def fraction_plan(times, grid, scales, fractions, *, transition: str = "dct",
+def fraction_plan(times, grid, scales, fractions, *, transition: Transition | str = "dct",
                   multiple: int = 1, axes: int = 2) -> Plan:
     """Switch after fixed fractions of the steps (e.g. ``fractions=(0.36,)``), SPD's keep rule."""
     t = _as_times(times)
     grids = stage_grids(grid, scales, multiple=multiple, axes=axes)
-    _check_transition(transition, grids)
     fr = [float(f) for f in fractions]
     if len(fr) != len(grids) - 1 or any(not 0 < f < 1 for f in fr) or fr != sorted(fr):
         raise ValueError(f"need {len(grids) - 1} increasing fractions in (0, 1), got {fractions}")
@@ -616,12 +773,14 @@ def fraction_plan(times, grid, scales, fractions, *, transition: str = "dct",
         j = min(max(int(round(f * n)), (idx[-1] + 1) if idx else 1), n - 1)
         idx.append(j)
     name = f"fraction {'/'.join(f'{s:g}' for s in scales)} at {'/'.join(f'{f:g}' for f in fr)}"
-    return _keep_plan(t, grids, idx, transition, name, (("fractions", tuple(fr)),))
+    return _keep_plan(t, grids, idx, transition, name,
+                      PlanMeta(family="fraction", scales=tuple(scales), fractions=tuple(fr)))
 
 
 def pyramidal_plan(grid, scales=(0.25, 0.5, 1.0), steps=(20, 20, 20), *,
                    switch_times: Sequence[float] | None = None, profile=1.0,
-                   transition: str = "pyramid", multiple: int = 1, axes: int = 2) -> Plan:
+                   transition: Transition | str = "pyramid", multiple: int = 1,
+                   axes: int = 2) -> Plan:
     """Pyramidal-Flow-style plan: fixed steps per stage over fixed time windows.
 
     Pyramid Flow (arXiv 2410.05954) splits ``[1, 0]`` into equal windows
@@ -631,7 +790,6 @@ def pyramidal_plan(grid, scales=(0.25, 0.5, 1.0), steps=(20, 20, 20), *,
     SD3 shift used inside every window (or a reference time grid).
     """
     grids = stage_grids(grid, scales, multiple=multiple, axes=axes)
-    _check_transition(transition, grids)
     k = len(grids)
     steps = _per_transition(steps, k, "step count") if not isinstance(steps, int) else [steps] * k
     if switch_times is None:
@@ -642,11 +800,11 @@ def pyramidal_plan(grid, scales=(0.25, 0.5, 1.0), steps=(20, 20, 20), *,
     spans = [(1.0, sw[0] if sw else 0.0)] + [(None, s) for s in sw[1:]] + ([(None, 0.0)] if sw else [])
     name = f"pyramidal {'/'.join(f'{s:g}' for s in scales)} steps {'/'.join(str(int(s)) for s in steps)}"
     return staged_plan(grids, spans, steps, profile, transition, name,
-                        (("switch_times", tuple(sw)),))
+                       PlanMeta(family="pyramidal", scales=tuple(scales), switch_times=tuple(sw)))
 
 
 def bottleneck_plan(times, grid, *, low_scale: float = 0.5, fractions=(0.1, 0.8),
-                    steps=None, transition: str = "dct", multiple: int = 1,
+                    steps=None, transition: Transition | str = "dct", multiple: int = 1,
                     axes: int = 2) -> Plan:
     """Bottleneck sampling (high -> low -> high; arXiv 2503.18940), spectral transitions.
 
@@ -669,23 +827,25 @@ def bottleneck_plan(times, grid, *, low_scale: float = 0.5, fractions=(0.1, 0.8)
     spans = [(1.0, float(t[a])), (None, float(t[b])), (None, 0.0)]
     name = f"bottleneck {low_scale:g} at {fractions[0]:g}-{fractions[1]:g}"
     return staged_plan(grids, spans, steps, t, transition, name,
-                        (("fractions", tuple(fractions)),))
+                       PlanMeta(family="bottleneck", scales=(low_scale, 1.0),
+                                fractions=tuple(fractions)))
 
 
 def cascade_plan(times, grid, scales=(0.5, 1.0), *, renoise_at: Sequence[float] = (0.7,),
-                 steps=None, up: str = "bicubic", multiple: int = 1, axes: int = 2) -> Plan:
+                 steps=None, up: str = "bicubic", multiple: int = 1, axes: int = 2,
+                 models: Sequence[str | None] | None = None) -> Plan:
     """x0-renoise cascade (hires-fix, tuning-free self-cascade).
 
     Stage 0 generates a complete sample on the coarsest grid; stage ``k``
     upsamples the previous clean result (``up``: ``"bicubic"`` or ``"dct"``),
     re-noises it to ``renoise_at[k-1]`` with fresh noise and denoises to 0
     (self-cascade's SDXL default strength is 0.7). ``steps`` per stage default
-    to the grid's steps scaled by each stage's time span.
+    to the grid's steps scaled by each stage's time span. ``models`` names the
+    model of each stage (e.g. a base and a tuned high-resolution model).
     """
     t = _as_times(times)
     grids = stage_grids(grid, scales, multiple=multiple, axes=axes)
-    if up not in ("bicubic", "dct"):
-        raise ValueError(f"up must be 'bicubic' or 'dct', got {up!r}")
+    tr = X0Renoise(up)
     ren = [float(v) for v in renoise_at]
     if len(ren) != len(grids) - 1 or any(not 0 < v < 1 for v in ren):
         raise ValueError(f"need {len(grids) - 1} renoise times in (0, 1), got {renoise_at}")
@@ -694,26 +854,30 @@ def cascade_plan(times, grid, scales=(0.5, 1.0), *, renoise_at: Sequence[float] 
         steps = [n] + [max(1, int(round(n * v))) for v in ren]
     spans = [(1.0, 0.0)] + [(v, 0.0) for v in ren]
     name = f"cascade {'/'.join(f'{s:g}' for s in scales)} renoise {'/'.join(f'{v:g}' for v in ren)}"
-    return staged_plan(grids, spans, steps, t, "x0_" + up, name,
-                        (("renoise_at", tuple(ren)),))
+    return staged_plan(grids, spans, steps, t, tr, name,
+                       PlanMeta(family="cascade", scales=tuple(scales), renoise_at=tuple(ren)),
+                       models=models)
 
 
 def scalewise_plan(grid, scales, times, *, up: str = "bicubic", multiple: int = 1,
-                   axes: int = 2) -> Plan:
+                   axes: int = 2, model: str | None = None) -> Plan:
     """Scale-wise distillation sampling (SwD, arXiv 2503.16397): one evaluation per scale.
 
     Step ``i`` predicts x0 on ``scales[i]`` at ``times[i]``, upsamples it and
     re-noises to ``times[i + 1]``; the last scale takes one step to 0. Meant for
     a SwD-trained student (e.g. scales 64/80/96/128 of 128 with
-    times 1, 0.8956, 0.7363, 0.6007, 0).
+    times 1, 0.8956, 0.7363, 0.6007, 0). ``model`` is the key of the student that
+    runs every stage.
     """
+    tr = X0Renoise(up)
     grids = stage_grids(grid, scales, multiple=multiple, axes=axes)
     t = [float(v) for v in times]
     if len(t) != len(grids) + 1 or t[-1] != 0 or any(b >= a for a, b in zip(t, t[1:])):
         raise ValueError("need len(scales) + 1 strictly decreasing times ending at 0")
-    stages = [Stage(g, (t[i],)) for i, g in enumerate(grids[:-1])]
-    stages.append(Stage(grids[-1], (t[-2], 0.0)))
-    return Plan(tuple(stages), "x0_" + up, f"scalewise {len(grids)} scales")
+    stages = [Stage(g, (t[i],), tr if i else None, model) for i, g in enumerate(grids[:-1])]
+    stages.append(Stage(grids[-1], (t[-2], 0.0), tr, model))
+    return Plan(tuple(stages), None, f"scalewise {len(grids)} scales",
+                PlanMeta(family="scalewise", scales=tuple(scales)))
 
 
 def matched_full_plan(times_fn: Callable[[int], torch.Tensor], grid, cost: float) -> Plan:
@@ -722,10 +886,3 @@ def matched_full_plan(times_fn: Callable[[int], torch.Tensor], grid, cost: float
     builds the model's own ``n``-step grid."""
     n = max(1, int(round(cost)))
     return full_plan(times_fn(n), grid).with_name(f"full {n} steps")
-
-
-def optimal_plan(*args, **kwargs):
-    """Search plans for the least cost at a given quality; see :mod:`specdiff.optimize`."""
-    from .optimize import optimal_plan as _impl
-
-    return _impl(*args, **kwargs)

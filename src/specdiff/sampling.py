@@ -15,33 +15,25 @@ transitions move to ``t = 1``. ``coupled=False`` draws fresh noise from
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from .plans import Plan
-from .solvers import get_solver
-from .spectral import (
-    Generator,
-    make_noise,
-    project_noise,
-    pyramid_renoise,
-    resize,
-    x0_renoise,
-)
+from .plans import DEFAULT_MODEL, Plan
+from .solvers import StepInfo, call_denoiser, get_solver
+from .spectral import Generator, make_noise, project_noise
+from .transitions import Transition, as_transition
 
 __all__ = ["sample", "coupling_basis"]
 
 
-def coupling_basis(transition: str) -> str:
-    """Basis in which the seed-coupled noise is split between grids for a transition kind."""
-    if transition in ("fft", "haar"):
-        return transition
-    if transition == "pyramid":
-        return "haar"  # pyramid renoise == haar expansion given the same noise
-    return "dct"
+def coupling_basis(transition: Transition | str) -> str:
+    """Basis in which the seed-coupled noise is split between grids for one transition
+    (``"dct"`` for transitions that carry no state). Plans answer for all their
+    transitions at once with :meth:`Plan.coupling_basis`."""
+    return as_transition(transition).coupling_basis or "dct"
 
 
 def _check_plan(plan) -> Plan:
@@ -52,8 +44,30 @@ def _check_plan(plan) -> Plan:
     return plan
 
 
+def stage_denoisers(denoiser, plan: Plan) -> list:
+    """The denoiser of every stage: one ``Denoiser`` for all, or ``mapping[stage.model]``.
+
+    A stage that names no model uses the key ``"default"``. Raises ``ValueError``
+    naming any key the plan needs and the mapping lacks.
+    """
+    if isinstance(denoiser, Mapping):
+        missing = [k for k in plan.model_keys if k not in denoiser]
+        if missing:
+            raise ValueError(
+                f"the plan runs models {list(plan.model_keys)} but the denoiser mapping has no "
+                f"{missing} (it has {sorted(map(str, denoiser))}); add them, or name existing keys "
+                f"in the plan's stages (Stage.model; stages naming none use {DEFAULT_MODEL!r})")
+        out = [denoiser[st.model or DEFAULT_MODEL] for st in plan.stages]
+    else:
+        out = [denoiser] * len(plan.stages)
+    for i, d in enumerate(out):
+        if not callable(d):
+            raise ValueError(f"the denoiser of stage {i} is not callable: {type(d).__name__}")
+    return out
+
+
 def sample(
-    denoiser: Callable[..., torch.Tensor],
+    denoiser: Callable[..., torch.Tensor] | Mapping[str, Callable[..., torch.Tensor]],
     plan: Plan,
     *,
     solver: str = "euler",
@@ -71,8 +85,12 @@ def sample(
     """Generate samples by walking ``plan`` with ``solver``.
 
     Args:
-        denoiser: ``(x, t, **cond) -> x0_hat`` (see :mod:`specdiff.denoisers`).
-        plan: stages and transitions (:mod:`specdiff.plans`).
+        denoiser: ``(x, t, **cond) -> x0_hat`` (see :mod:`specdiff.denoisers`), or a
+            mapping from the plan's model keys to denoisers (``Stage.model``; stages
+            naming none use ``"default"``). Denoisers that declare
+            ``takes_step_info = True`` also get ``step_info=`` (a
+            :class:`specdiff.solvers.StepInfo`: stage, walk position, plan length).
+        plan: stages with their entering transitions (:mod:`specdiff.plans`).
         solver: ``"euler"``, ``"heun"``, ``"dpmpp_2m"`` or ``"stochastic"``
             (ancestral with ``eta``). Multistep history resets at every transition.
         noise: ``(B, C, *plan.full_grid)`` full-resolution white noise. When
@@ -82,7 +100,7 @@ def sample(
             when ``noise`` is omitted. Nothing here uses the global RNG.
         cond: keyword arguments passed to every denoiser call.
         callback: called after every step with a dict (``stage``, ``step``,
-            ``index``, ``t``, ``t_next``, ``x``, ``x0_hat``, ``grid``); if it
+            ``index``, ``t``, ``t_next``, ``x``, ``x0_hat``, ``grid``, ``model``); if it
             returns a tensor of the same shape, that replaces ``x``.
         progress: show a progress bar.
         coupled: seed-coupled noise across stages (default) or fresh noise.
@@ -92,6 +110,7 @@ def sample(
         (float32 unless the noise is float64).
     """
     plan = _check_plan(plan)
+    dens = stage_denoisers(denoiser, plan)
     sv = get_solver(solver)
     full = plan.full_grid
     if noise is None:
@@ -118,7 +137,9 @@ def sample(
             "this plan/solver draws fresh noise (fresh-noise mode, x0 transitions or a "
             "stochastic solver): pass generator="
         )
-    basis = coupling_basis(plan.transition)
+    # fresh-noise mode never band-splits the seed noise after the start, so a plan
+    # mixing bases only needs one when coupled
+    basis = plan.coupling_basis() if coupled else _first_basis(plan)
 
     first = plan.stages[0].grid
     x = noise if first == tuple(full) else project_noise(noise, first, basis)
@@ -128,7 +149,8 @@ def sample(
     try:
         for i, stage in enumerate(plan.stages):
             if i > 0:
-                x = _transition(denoiser, plan, i, x, noise, generator, cond, coupled, basis)
+                info = StepInfo(i - 1, index, total, plan.stages[i - 1].model)
+                x = _enter(dens[i - 1], plan, i, x, noise, generator, cond, coupled, basis, info)
             state = None
             for j in range(stage.steps):
                 t, t_next = stage.times[j], stage.times[j + 1]
@@ -137,11 +159,13 @@ def sample(
                     if sv.stochastic else None
                 )
                 kwargs = {"eta": eta} if sv.stochastic else {}
-                x, state, x0 = sv.step(denoiser, x, t, t_next, cond=cond, state=state,
-                                       noise=step_noise, **kwargs)
+                info = StepInfo(i, index, total, stage.model)
+                x, state, x0 = sv.step(dens[i], x, t, t_next, cond=cond, state=state,
+                                       noise=step_noise, info=info, **kwargs)
                 if callback is not None:
                     out = callback({"stage": i, "step": j, "index": index, "t": t,
-                                    "t_next": t_next, "x": x, "x0_hat": x0, "grid": stage.grid})
+                                    "t_next": t_next, "x": x, "x0_hat": x0, "grid": stage.grid,
+                                    "model": stage.model or DEFAULT_MODEL})
                     if isinstance(out, torch.Tensor):
                         if out.shape != x.shape:
                             raise ValueError("a callback may only return a tensor of x's shape")
@@ -153,26 +177,30 @@ def sample(
     return x
 
 
-def _transition(denoiser, plan: Plan, i: int, x, noise, generator, cond, coupled, basis):
-    """Move the state from stage ``i - 1`` to stage ``i``."""
+def _first_basis(plan: Plan) -> str:
+    for tr in plan.transitions:
+        if tr.coupling_basis is not None:
+            return tr.coupling_basis
+    return "dct"
+
+
+def _enter(denoiser, plan: Plan, i: int, x, noise, generator, cond, coupled, basis, info):
+    """Move the state from stage ``i - 1`` into stage ``i`` through stage ``i``'s transition.
+
+    ``denoiser`` is stage ``i - 1``'s: an x0 re-noise takes its clean estimate at
+    the stage's last time (``info`` places that evaluation on the walk).
+    """
     prev, nxt = plan.stages[i - 1], plan.stages[i]
     t_end = prev.times[-1]
+    tr = nxt.transition
+    if not tr.carries_state:
+        x0 = call_denoiser(denoiser, x, t_end, cond, info) if t_end > 0 else x
+        return tr.apply(x0, nxt.times[0], nxt.grid, generator=generator)
     grows = any(b > a for a, b in zip(prev.grid, nxt.grid, strict=True))
-    kind = plan.transition
-    if kind.startswith("x0"):
-        if t_end > 0:
-            tt = torch.full((x.shape[0],), t_end, dtype=x.dtype, device=x.device)
-            x0 = denoiser(x, tt, **(cond or {})).to(x.dtype)
-        else:
-            x0 = x
-        return x0_renoise(x0, nxt.times[0], nxt.grid, generator=generator, mode=kind[3:])
     nz = None
     if grows and coupled:
         nz = noise if nxt.grid == tuple(noise.shape[2:]) else project_noise(noise, nxt.grid, basis)
-    if kind == "pyramid":
-        x_new, t_new = pyramid_renoise(x, t_end, nxt.grid, noise=nz, generator=generator)
-    else:
-        x_new, t_new = resize(x, t_end, nxt.grid, noise=nz, generator=generator, basis=kind)
+    x_new, t_new = tr.apply(x, t_end, nxt.grid, noise=nz, generator=generator)
     if abs(t_new - nxt.times[0]) > 1e-6:
         raise ValueError(
             f"stage {i} starts at t={nxt.times[0]} but the transition gives t={t_new}; rebuild "

@@ -4,7 +4,7 @@ Frame: ``x_t = (1 - t) x0 + t eps``; the denoiser returns ``x0_hat``; the
 probability-flow ODE is ``dx/dt = (x - x0_hat) / t``. Every step has the
 signature (k-diffusion style)::
 
-    step(denoiser, x, t, t_next, *, cond, state, noise) -> (x_next, state, x0_hat)
+    step(denoiser, x, t, t_next, *, cond, state, noise, info) -> (x_next, state, x0_hat)
 
 ``t`` and ``t_next`` are floats with ``1 >= t > t_next >= 0`` or, for the
 single-step solvers (Euler, Heun, stochastic), ``(B,)`` tensors giving every
@@ -12,7 +12,10 @@ sample its own step (broadcast by rank); the denoiser is called with ``t`` as a
 ``(B,)`` tensor of ``x``'s dtype. ``state`` carries the
 multistep history (``None`` after a transition: the sampler resets it);
 ``noise`` is the injected randomness of stochastic steps (white N(0, 1) of
-``x``'s shape), unused by deterministic ones.
+``x``'s shape), unused by deterministic ones. ``info`` (a :class:`StepInfo`,
+or ``None`` outside a plan) says where the step sits in the plan's walk; it is
+handed on to denoisers that declare ``takes_step_info = True`` (the diffusers
+adapters), so no denoiser keeps a step counter of its own.
 """
 
 from __future__ import annotations
@@ -23,19 +26,61 @@ from typing import Any, Protocol
 
 import torch
 
+from .spectral import broadcast_time
+
 
 class Denoiser(Protocol):
-    """``(x, t, **cond) -> x0_hat``: ``x`` is ``(B, C, *grid)``, ``t`` a ``(B,)`` tensor."""
+    """``(x, t, **cond) -> x0_hat``: ``x`` is ``(B, C, *grid)``, ``t`` a ``(B,)`` tensor.
+
+    A denoiser with the attribute ``takes_step_info = True`` is also called with
+    ``step_info=`` (a :class:`StepInfo`) when it runs inside a plan.
+    """
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor: ...
 
 
-def _call(denoiser, x, t, cond):
+@dataclass(frozen=True)
+class StepInfo:
+    """Where one model evaluation sits in a plan's walk (DESIGN.md section 5).
+
+    The plan's steps are numbered ``0 .. num_steps - 1`` across all stages; step
+    ``k`` runs from walk position ``k`` to ``k + 1``. ``index`` is the position
+    of the evaluation's own time: ``k`` for a step's first evaluation, ``k + 1``
+    for an evaluation at the step's end time (Heun's corrector, the clean
+    estimate an x0 transition takes at a stage's last time). For the step a
+    solver takes, ``remaining = num_steps - index`` counts it and every later
+    one (UniPC lowers its order on the final steps of the whole plan).
+    """
+
+    stage: int
+    index: int
+    num_steps: int
+    model: str | None = None
+
+    @property
+    def remaining(self) -> int:
+        return self.num_steps - self.index
+
+    def at_step_end(self) -> StepInfo:
+        """The same step seen from its end time (position ``index + 1``)."""
+        return StepInfo(self.stage, self.index + 1, self.num_steps, self.model)
+
+
+def call_denoiser(denoiser, x, t, cond=None, info: StepInfo | None = None) -> torch.Tensor:
+    """Call ``denoiser`` at time ``t`` (float or ``(B,)``) as every solver does.
+
+    ``t`` reaches the denoiser as a ``(B,)`` tensor of ``x``'s dtype; ``info`` is
+    passed as ``step_info=`` only to denoisers that declare ``takes_step_info``.
+    The output is checked to have ``x``'s shape and cast to ``x``'s dtype.
+    """
     if isinstance(t, torch.Tensor):
         tt = t.to(dtype=x.dtype, device=x.device).expand(x.shape[0])
     else:
         tt = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
-    out = denoiser(x, tt, **(cond or {}))
+    kw = dict(cond or {})
+    if info is not None and getattr(denoiser, "takes_step_info", False):
+        kw["step_info"] = info
+    out = denoiser(x, tt, **kw)
     if out.shape != x.shape:
         raise ValueError(
             f"the denoiser returned shape {tuple(out.shape)} for input {tuple(x.shape)}; a "
@@ -44,38 +89,38 @@ def _call(denoiser, x, t, cond):
     return out.to(x.dtype)
 
 
-def _bt(t, x):
-    """A float stays a float; a ``(B,)`` tensor is shaped to broadcast against ``x``."""
-    if isinstance(t, torch.Tensor):
-        return t.to(dtype=x.dtype, device=x.device).reshape(-1, *([1] * (x.ndim - 1)))
-    return t
+_bt = broadcast_time  # a float stays a float; a (B,) tensor broadcasts against x by rank
+
+
+def _end(info: StepInfo | None) -> StepInfo | None:
+    return None if info is None else info.at_step_end()
 
 
 def _velocity(x, x0, t):
     return (x - x0) / _bt(t, x)
 
 
-def euler_step(denoiser, x, t, t_next, *, cond=None, state=None, noise=None):
+def euler_step(denoiser, x, t, t_next, *, cond=None, state=None, noise=None, info=None):
     """First-order step of the flow ODE (equals DDIM in the flow frame)."""
-    x0 = _call(denoiser, x, t, cond)
+    x0 = call_denoiser(denoiser, x, t, cond, info)
     return x + (_bt(t_next, x) - _bt(t, x)) * _velocity(x, x0, t), None, x0
 
 
-def heun_step(denoiser, x, t, t_next, *, cond=None, state=None, noise=None):
+def heun_step(denoiser, x, t, t_next, *, cond=None, state=None, noise=None, info=None):
     """Second-order Heun (EDM Alg. 1 without churn); plain Euler onto ``t_next = 0``."""
-    x0 = _call(denoiser, x, t, cond)
+    x0 = call_denoiser(denoiser, x, t, cond, info)
     d = _velocity(x, x0, t)
     h = _bt(t_next, x) - _bt(t, x)
     x_e = x + h * d
     if not isinstance(t_next, torch.Tensor):
         if t_next == 0:
             return x_e, None, x0
-        x0_e = _call(denoiser, x_e, t_next, cond)
+        x0_e = call_denoiser(denoiser, x_e, t_next, cond, _end(info))
         return x + h * 0.5 * (d + _velocity(x_e, x0_e, t_next)), None, x0
     # per-sample times: samples stepping onto 0 take the Euler result
     last = t_next == 0
     t_safe = torch.where(last, torch.ones_like(t_next), t_next)
-    x0_e = _call(denoiser, x_e, t_safe, cond)
+    x0_e = call_denoiser(denoiser, x_e, t_safe, cond, _end(info))
     heun = x + h * 0.5 * (d + _velocity(x_e, x0_e, t_safe))
     return torch.where(_bt(last, x).bool(), x_e, heun), None, x0
 
@@ -95,7 +140,7 @@ class _DPMState:
     h_prev: float
 
 
-def dpmpp_2m_step(denoiser, x, t, t_next, *, cond=None, state=None, noise=None):
+def dpmpp_2m_step(denoiser, x, t, t_next, *, cond=None, state=None, noise=None, info=None):
     """DPM-Solver++(2M), data-prediction form (Lu et al. 2022, Alg. 2) in the flow frame.
 
     With ``alpha = 1 - t``, ``sigma = t``, ``lambda = log(alpha / sigma)`` and
@@ -105,7 +150,7 @@ def dpmpp_2m_step(denoiser, x, t, t_next, *, cond=None, state=None, noise=None):
     exists: ``D = (1 + 1/(2r)) x0 - 1/(2r) x0_prev``, ``r = h_prev / h``.
     The first step after a reset and the step onto ``t = 0`` are first order.
     """
-    x0 = _call(denoiser, x, t, cond)
+    x0 = call_denoiser(denoiser, x, t, cond, info)
     lam, lam_next = _half_log_snr(t), _half_log_snr(t_next)
     h = lam_next - lam
     if t_next == 0:
@@ -120,7 +165,8 @@ def dpmpp_2m_step(denoiser, x, t, t_next, *, cond=None, state=None, noise=None):
     return x_next, _DPMState(x0, h), x0
 
 
-def stochastic_step(denoiser, x, t, t_next, *, cond=None, state=None, noise=None, eta=1.0):
+def stochastic_step(denoiser, x, t, t_next, *, cond=None, state=None, noise=None, eta=1.0,
+                    info=None):
     """Ancestral (DDIM-eta) step in the flow frame.
 
     ``x_next = (1 - t') x0 + sqrt(t'^2 - s^2) eps_hat + s * noise`` with
@@ -129,7 +175,7 @@ def stochastic_step(denoiser, x, t, t_next, *, cond=None, state=None, noise=None
     (Song et al. 2021, Eq. 16 written scale-free). ``eta = 0`` is Euler;
     ``eta = 1`` is the ancestral (DDPM-like) sampler.
     """
-    x0 = _call(denoiser, x, t, cond)
+    x0 = call_denoiser(denoiser, x, t, cond, info)
     if not isinstance(t_next, torch.Tensor) and t_next == 0:
         return x0, None, x0
     if noise is None:

@@ -25,6 +25,10 @@ import torch
 Generator = torch.Generator | Sequence[torch.Generator] | None
 
 SPECTRAL_BASES = ("dct", "fft", "haar")
+"""Orthonormal bases of the flow-state resize (and of seed-coupled noise)."""
+
+RESIZE_BASES = (*SPECTRAL_BASES, "pyramid")
+"""Everything :func:`resize` accepts: the spectral bases plus Pyramid Flow's pixel-domain jump."""
 
 
 # ---------------------------------------------------------------------------
@@ -42,14 +46,68 @@ def resolution_shift(t, rho):
     return rho * t / (1 + (rho - 1) * t)
 
 
-def broadcast_time(t, x: torch.Tensor) -> torch.Tensor:
-    """Return ``t`` (float or ``(B,)``) as a tensor broadcastable against ``x``."""
+def expansion_gain(t, rho):
+    """``kappa = rho / (1 + (rho - 1) t)``: the factor that makes a resized flow state exact
+    (SPD Eq. 5-6; the signal shrinks by ``1 / rho`` in an orthonormal embed, the noise does
+    not). Floats or tensors; the closed-form testbed uses the same function."""
+    return rho / (1 + (rho - 1) * t)
+
+
+def broadcast_time(t, x: torch.Tensor):
+    """``t`` shaped to broadcast against ``x`` by rank: the one place this is done.
+
+    A ``(B,)`` tensor becomes ``(B, 1, ..., 1)`` (``x.ndim`` dims) in ``x``'s dtype and
+    device, so one time per sample works for images and video alike; a 0-d tensor
+    stays 0-d; a Python float stays a float (solver arithmetic on plain floats is
+    done in double precision before it touches the tensor, and that must not change).
+    """
     if isinstance(t, torch.Tensor):
         t = t.to(device=x.device, dtype=x.dtype)
         if t.ndim == 0:
             return t
+        if t.ndim != 1 or t.shape[0] not in (1, x.shape[0]):
+            raise ValueError(
+                f"t must be a float or a (B,) tensor for a batch of {x.shape[0]}, got shape "
+                f"{tuple(t.shape)}")
         return t.reshape(-1, *([1] * (x.ndim - 1)))
-    return torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    return t
+
+
+def _time_tensor(t, x: torch.Tensor) -> torch.Tensor:
+    """``broadcast_time`` as a tensor of ``x``'s dtype (the transforms compute in it)."""
+    return torch.as_tensor(broadcast_time(t, x), dtype=x.dtype, device=x.device)
+
+
+def fresh_noise(
+    shape: Sequence[int],
+    t,
+    *,
+    noise: torch.Tensor | None = None,
+    generator: Generator = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+    what: str = "this transition",
+) -> torch.Tensor:
+    """The white N(0, 1) noise a transition injects at time ``t``: the one place it is drawn.
+
+    ``noise`` (checked: shape ``shape``, finite) wins; else it is drawn from
+    ``generator`` (one, or one per sample: see :func:`make_noise`). With neither,
+    a transition that lands at ``t = 0`` gets zeros (it injects nothing) and one at
+    ``t > 0`` raises, because the randomness must be chosen by the caller.
+    """
+    shape = tuple(int(s) for s in shape)
+    if noise is not None:
+        if tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have the target shape {shape}, got {tuple(noise.shape)}")
+        _check_finite(noise, "noise")
+        return noise.to(device=device if device is not None else noise.device, dtype=dtype)
+    if generator is not None:
+        return make_noise(shape, generator, dtype=dtype, device=device)
+    if _any_positive(t):
+        raise ValueError(
+            f"{what} at t > 0 needs fresh noise: pass noise= (white N(0, 1) of shape {shape}) "
+            "or generator=")
+    return torch.zeros(shape, dtype=dtype, device=device)
 
 
 def make_noise(
@@ -262,8 +320,14 @@ def _validate_resize(x, t, shape, basis):
         )
     if any(s < 1 for s in shape):
         raise ValueError(f"target grid sizes must be positive, got {shape}")
-    if basis not in SPECTRAL_BASES:
-        raise ValueError(f"basis must be one of {SPECTRAL_BASES}, got {basis!r}")
+    if basis not in RESIZE_BASES:
+        raise ValueError(f"basis must be one of {RESIZE_BASES}, got {basis!r}")
+    if basis == "pyramid":
+        doubled = (*grid[:-2], 2 * grid[-2], 2 * grid[-1]) if len(grid) >= 2 else None
+        if shape != doubled:
+            raise ValueError(
+                f"basis='pyramid' (Pyramid Flow's jump) doubles the last two axes: target must be "
+                f"{doubled}, got {shape}; use basis='dct' for other ratios")
     if basis == "haar":
         for a, b in zip(grid, shape, strict=True):
             if b != a and b != 2 * a and 2 * b != a:
@@ -300,7 +364,9 @@ def resize(
         generator: used to draw ``noise`` when it is not given (one generator
             or one per sample). Growing a grid at ``t > 0`` needs one of the two.
         basis: ``"dct"`` (any ratio), ``"fft"`` (any ratio, every frequency in
-            its own bin), ``"haar"`` (exactly 2x per changed axis).
+            its own bin), ``"haar"`` (exactly 2x per changed axis), ``"pyramid"``
+            (Pyramid Flow's nearest-upsample + block-noise jump, exactly 2x on the
+            last two axes; equals ``"haar"`` given the same noise).
 
     Returns:
         ``(x_new, t_new)`` with ``x_new`` of shape ``(B, C, *shape)`` (dtype of
@@ -322,27 +388,13 @@ def resize(
     xs = x.to(wd)
     full_shape = (x.shape[0], x.shape[1], *shape)
     if grows:
-        if noise is None:
-            if generator is None and _any_positive(t):
-                raise ValueError(
-                    "growing a grid at t > 0 needs fresh noise: pass noise= (white N(0,1) of the "
-                    "target shape) or generator="
-                )
-            noise = (
-                make_noise(full_shape, generator, dtype=wd, device=x.device)
-                if generator is not None
-                else torch.zeros(full_shape, dtype=wd, device=x.device)
-            )
-        elif tuple(noise.shape) != full_shape:
-            raise ValueError(
-                f"noise must have the target shape {full_shape}, got {tuple(noise.shape)}"
-            )
-        else:
-            _check_finite(noise, "noise")
-            noise = noise.to(device=x.device, dtype=wd)
+        noise = fresh_noise(full_shape, t, noise=noise, generator=generator, dtype=wd,
+                            device=x.device, what="growing a grid")
+    if basis == "pyramid":
+        return _pyramid_jump(xs, t, noise, x.dtype)
 
     rho = math.sqrt(math.prod(shape) / math.prod(grid))
-    t_b = broadcast_time(t, xs)
+    t_b = _time_tensor(t, xs)
     if basis == "dct":
         X = dct(xs, dims)
         if grows:
@@ -371,10 +423,10 @@ def resize(
                 nz = nz * t_run
             rho_d = math.sqrt(n_new / y.shape[d])
             y = resize_axis(y, d, n_new, nz)
-            y = y * (rho_d / (1 + (rho_d - 1) * t_run))
+            y = y * expansion_gain(t_run, rho_d)
             t_run = resolution_shift(t_run, rho_d)
     if basis == "dct":
-        y = y * (rho / (1 + (rho - 1) * t_b))
+        y = y * expansion_gain(t_b, rho)
     t_new = resolution_shift(t, rho)
     if not isinstance(t, torch.Tensor):
         t_new = float(t_new)
@@ -406,6 +458,20 @@ def project_noise(noise: torch.Tensor, shape: Sequence[int], basis: str = "dct")
     return resize(noise, 1.0, shape, basis=basis)[0]
 
 
+def _pyramid_jump(x: torch.Tensor, t, noise: torch.Tensor, dtype: torch.dtype):
+    """``Up_nn(x) / (1 + t) + t_new (z - blockmean(z))`` on the last two axes (x, z in work dtype)."""
+    t_b = _time_tensor(t, x)
+    up = x.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+    pooled = torch.nn.functional.avg_pool2d(noise.flatten(0, -3).unsqueeze(1), 2)
+    mean = pooled.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1).reshape(noise.shape)
+    t_new_b = 2 * t_b / (1 + t_b)
+    y = up / (1 + t_b) + t_new_b * (noise - mean)
+    t_new = 2 * t / (1 + t)
+    if not isinstance(t, torch.Tensor):
+        t_new = float(t_new)
+    return y.to(dtype), t_new
+
+
 def pyramid_renoise(
     x: torch.Tensor,
     t,
@@ -422,56 +488,31 @@ def pyramid_renoise(
     cancels the block correlation of the upsampled noise: the result is white
     with variance ``t_new**2`` and equals ``resize(basis="haar")`` given the
     same ``noise`` (Pyramid Flow, arXiv 2410.05954; methods.md section 6.1).
+    It is ``resize(x, t, shape, basis="pyramid")``; this name stays for callers.
 
     Args:
         x: ``(B, C, ..., H, W)`` flow state at ``t``.
         shape: target grid; must be ``(..., 2H, 2W)`` (defaults to it).
         noise: ``(B, C, ..., 2H, 2W)`` white noise ``z``; else drawn from ``generator``.
     """
-    if x.ndim < 4:
-        raise ValueError(f"pyramid_renoise needs (B, C, ..., H, W), got {tuple(x.shape)}")
+    if not isinstance(x, torch.Tensor) or x.ndim < 4:
+        raise ValueError(f"pyramid_renoise needs (B, C, ..., H, W), got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     grid = tuple(x.shape[2:])
-    target = (*grid[:-2], 2 * grid[-2], 2 * grid[-1])
-    if shape is not None and tuple(int(s) for s in shape) != target:
-        raise ValueError(
-            f"pyramid_renoise doubles the last two axes: target must be {target}, got "
-            f"{tuple(shape)}; use resize(basis='dct') for other ratios"
-        )
-    _check_time(t)
-    _check_finite(x)
-    wd = _work_dtype(x)
-    full_shape = (x.shape[0], x.shape[1], *target)
-    if noise is None:
-        if generator is None and _any_positive(t):
-            raise ValueError("pyramid_renoise at t > 0 needs noise= or generator=")
-        noise = (
-            make_noise(full_shape, generator, dtype=wd, device=x.device)
-            if generator is not None
-            else torch.zeros(full_shape, dtype=wd, device=x.device)
-        )
-    elif tuple(noise.shape) != full_shape:
-        raise ValueError(f"noise must have shape {full_shape}, got {tuple(noise.shape)}")
-    noise = noise.to(device=x.device, dtype=wd)
-    t_b = broadcast_time(t, x.to(wd))
-    up = x.to(wd).repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
-    pooled = torch.nn.functional.avg_pool2d(noise.flatten(0, -3).unsqueeze(1), 2)
-    mean = pooled.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1).reshape(noise.shape)
-    t_new_b = 2 * t_b / (1 + t_b)
-    y = up / (1 + t_b) + t_new_b * (noise - mean)
-    t_new = 2 * t / (1 + t)
-    if not isinstance(t, torch.Tensor):
-        t_new = float(t_new)
-    return y.to(x.dtype), t_new
+    if shape is None:
+        shape = (*grid[:-2], 2 * grid[-2], 2 * grid[-1])
+    return resize(x, t, shape, noise=noise, generator=generator, basis="pyramid")
 
 
-UPSAMPLE_MODES = ("bicubic", "bilinear", "nearest", "dct")
+UPSAMPLE_MODES = ("bicubic", "bilinear", "nearest", *SPECTRAL_BASES)
 
 
 def upsample(x: torch.Tensor, shape: Sequence[int], mode: str = "bicubic") -> torch.Tensor:
     """Resample a clean image ``(B, C, *grid)`` to ``shape`` keeping its per-pixel amplitude.
 
-    ``mode="dct"`` is the spectral (band-limited) resample, exactly diagonal in
-    the DCT basis; the others use ``torch.nn.functional.interpolate`` on each
+    ``mode="dct"`` (or ``"fft"``, ``"haar"``) is the flow-state :func:`resize` at
+    ``t = 0``: a band-limited resample, for dct exactly diagonal in the DCT basis;
+    the others use ``torch.nn.functional.interpolate`` on each
     2-D frame (shrinking always uses area averaging).
     """
     if mode not in UPSAMPLE_MODES:
@@ -482,9 +523,10 @@ def upsample(x: torch.Tensor, shape: Sequence[int], mode: str = "bicubic") -> to
         raise ValueError(f"target grid {shape} does not match the grid rank of {grid}")
     if shape == grid:
         return x.clone()
-    if mode == "dct":
-        # t = 0: kappa = rho restores the amplitude lost by the orthonormal embed.
-        return resize(x, 0.0, shape)[0]
+    if mode in SPECTRAL_BASES:
+        # The flow-state resize at t = 0 (nothing to fill: zeros in the new bins);
+        # kappa = rho restores the amplitude lost by the orthonormal embed.
+        return resize(x, 0.0, shape, basis=mode)[0]
     if grid[:-2] != shape[:-2]:
         raise ValueError(f"mode={mode!r} resamples only the last two axes: {grid} -> {shape}")
     wd = _work_dtype(x)
@@ -518,18 +560,10 @@ def x0_renoise(
     _check_finite(x0_hat, "x0_hat")
     up = upsample(x0_hat, shape, mode)
     wd = _work_dtype(up)
-    if noise is None:
-        if generator is None and _any_positive(t_new):
-            raise ValueError("x0_renoise at t_new > 0 needs noise= or generator=")
-        noise = (
-            make_noise(up.shape, generator, dtype=wd, device=up.device)
-            if generator is not None
-            else torch.zeros_like(up, dtype=wd)
-        )
-    elif tuple(noise.shape) != tuple(up.shape):
-        raise ValueError(f"noise must have shape {tuple(up.shape)}, got {tuple(noise.shape)}")
-    tb = broadcast_time(t_new, up.to(wd))
-    return ((1 - tb) * up.to(wd) + tb * noise.to(device=up.device, dtype=wd)).to(x0_hat.dtype)
+    noise = fresh_noise(up.shape, t_new, noise=noise, generator=generator, dtype=wd,
+                        device=up.device, what="x0_renoise")
+    tb = _time_tensor(t_new, up.to(wd))
+    return ((1 - tb) * up.to(wd) + tb * noise).to(x0_hat.dtype)
 
 
 # ---------------------------------------------------------------------------

@@ -24,9 +24,13 @@ import torch
 
 from .plans import Plan, PowerSpectrum
 from .solvers import get_solver
-from .spectral import _check_finite, broadcast_time, dct, idct, make_noise, resize
+from .spectral import _check_finite, broadcast_time, dct, expansion_gain, idct, make_noise, resize
+from .transitions import Spectral, X0Renoise
 
 __all__ = ["GaussianField", "EmpiricalDenoiser"]
+
+# transitions that act diagonally on DCT coefficients: their law stays closed form
+_DIAGONAL = (Spectral("dct"), X0Renoise("dct"))
 
 
 def _freq_radius(grid: Sequence[int], dtype=torch.float64) -> torch.Tensor:
@@ -87,7 +91,7 @@ class GaussianField:
         """``(1-t) P / ((1-t)^2 P + t^2)`` per coefficient (``t`` float or ``(B,)``)."""
         p = self.variance(grid)
         if isinstance(t, torch.Tensor) and t.ndim == 1:
-            t = t.to(torch.float64).reshape(-1, *([1] * p.ndim))
+            t = broadcast_time(t, p.expand(len(t), *p.shape))  # (B,) -> (B, 1, ..., 1)
         return (1 - t) * p / ((1 - t) ** 2 * p + t**2)
 
     def denoiser(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
@@ -114,11 +118,11 @@ class GaussianField:
             raise ValueError("plan must be a specdiff.plans.Plan")
         if tuple(plan.full_grid) != self.grid:
             raise ValueError(f"plan's full grid {plan.full_grid} differs from the field's {self.grid}")
-        if len(plan.stages) > 1 and plan.transition not in ("dct", "x0_dct"):
-            raise ValueError(
-                f"the closed form needs transitions diagonal in the DCT basis ('dct' or "
-                f"'x0_dct'), got {plan.transition!r}; use Monte Carlo with specdiff.sample"
-            )
+        for tr in plan.transitions:
+            if tr not in _DIAGONAL:
+                raise ValueError(
+                    f"the closed form needs transitions diagonal in the DCT basis (Spectral('dct') "
+                    f"or X0Renoise('dct')), got {tr!r}; use Monte Carlo with specdiff.sample")
         sv = get_solver(solver)
         grid0 = plan.stages[0].grid
         gains = torch.ones((1, *grid0), dtype=torch.float64)  # source 0 = the seed noise
@@ -160,6 +164,8 @@ class GaussianField:
         return den
 
     def _transition(self, plan: Plan, i: int, gains, extra):
+        """Stage ``i``'s entering transition acting on the per-coefficient gains of every
+        noise source (and the variance of stochastic-step noise)."""
         prev, nxt = plan.stages[i - 1], plan.stages[i]
         t_end, t_start = prev.times[-1], nxt.times[0]
         old, new = prev.grid, nxt.grid
@@ -167,8 +173,8 @@ class GaussianField:
         common = tuple(slice(0, min(a, b)) for a, b in zip(old, new, strict=True))
         g2 = gains.new_zeros((gains.shape[0], *new))
         e2 = extra.new_zeros(new)
-        if plan.transition == "dct":
-            kappa = rho / (1 + (rho - 1) * t_end)
+        if nxt.transition.carries_state:  # Spectral("dct"): x' = kappa x on the common band
+            kappa = expansion_gain(t_end, rho)
             g2[(slice(None), *common)] = gains[(slice(None), *common)] * kappa
             e2[common] = extra[common] * kappa**2
             entered = torch.ones(new, dtype=torch.bool)
