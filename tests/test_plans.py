@@ -25,8 +25,10 @@ from specdiff.plans import (
     spd_plan,
     spd_transition_time,
     stage_grids,
+    staged_plan,
     wan_times,
 )
+from specdiff.transitions import Pyramid, Spectral, X0Renoise
 
 FLUX = SPECTRA["flux"]
 
@@ -206,3 +208,74 @@ def test_pixelgen_cost_bound_is_sane():
     plan = spd_plan(t, (512, 512), (0.5, 1.0), spectrum="pixelgen", delta=0.01)
     assert 1.0 < plan.speedup_bound() < 4.0
     assert math.isclose(plan.speedup_bound("tokens"), 25 / plan.cost("tokens"))
+
+
+def _mixed_plan(models=None):
+    """8^2 -> 16^2 by a spectral carry, 16^2 -> 32^2 by an x0 re-noise to t = 0.5."""
+    return staged_plan([(8, 8), (16, 16), (32, 32)], [(1.0, 0.7), (None, 0.4), (0.5, 0.0)],
+                       [2, 2, 3], 1.0, [Spectral("dct"), X0Renoise("dct")], "mixed",
+                       models=models)
+
+
+def test_mixed_plan_validates_and_prices():
+    plan = _mixed_plan(models=("coarse", "coarse", "fine"))
+    assert plan.transitions == (Spectral("dct"), X0Renoise("dct"))
+    assert plan.transition == "mixed" and not plan.carries_state
+    # carried switch: stage 1 starts at 2 t / (1 + t) of stage 0's end (rho = 2)
+    assert plan.stages[1].times[0] == pytest.approx(1.4 / 1.7)
+    assert plan.stages[2].times[0] == 0.5  # x0 re-noise: the stage's own start
+    assert plan.model_keys == ("coarse", "fine")
+    # the x0 estimate at t = 0.4 > 0 costs one more evaluation of stage 1's model
+    assert plan.evaluations() == [2, 3, 3]
+    assert plan.cost() == pytest.approx(2 / 16 + 3 / 4 + 3)
+    assert plan.speedup_bound() == pytest.approx(8 / (2 / 16 + 3 / 4 + 3))
+    # a cost table per (model, grid): the fine model is twice as dear per element
+    table = {("coarse", (8, 8)): 1.0, ("coarse", (16, 16)): 4.0, ("fine", (32, 32)): 32.0}
+    assert plan.cost(table) == pytest.approx(2 / 32 + 3 * 4 / 32 + 3)
+    rows = plan.describe()
+    assert [r["transition"] for r in rows] == ["-", "dct", "x0_dct"]
+    assert [r["model"] for r in rows] == ["coarse", "coarse", "fine"]
+    assert [r["evaluations"] for r in rows] == [2, 3, 3]
+    # the same plan written by hand equals the constructor's
+    by_hand = Plan((Stage((8, 8), plan.stages[0].times, None, "coarse"),
+                    Stage((16, 16), plan.stages[1].times, Spectral(), "coarse"),
+                    Stage((32, 32), plan.stages[2].times, "x0_dct", "fine")))
+    assert by_hand.stages == plan.stages
+
+
+def test_legacy_transition_argument_builds_the_object_form():
+    t = flux_times(20, 1024)
+    a = spd_plan(t, (32, 32), (0.5, 1.0), spectrum="flux", delta=0.05, transition="haar")
+    b = spd_plan(t, (32, 32), (0.5, 1.0), spectrum="flux", delta=0.05, transition=Spectral("haar"))
+    assert a.stages == b.stages and a.transitions == (Spectral("haar"),)
+    assert a.meta.family == "spd" and a.meta.t_star and a.meta.switch_steps
+    p = pyramidal_plan((32, 32), (0.5, 1.0), (4, 4))
+    assert p.transitions == (Pyramid(),) and p.coupling_basis() == "haar"
+    c = cascade_plan(t, (32, 32), (0.5, 1.0), renoise_at=(0.6,))
+    assert c.transitions == (X0Renoise("bicubic"),) and c.meta.renoise_at == (0.6,)
+    # Plan(stages, "x0_bicubic") fills every later stage's transition
+    st = (Stage((16, 16), (1.0,)), Stage((32, 32), (0.6, 0.0)))
+    assert Plan(st, "x0_bicubic").transitions == (X0Renoise("bicubic"),)
+    assert full_plan(t, (32, 32)).transition == "dct" and full_plan(t, (32, 32)).meta.family == "full"
+
+
+def test_mixed_plan_errors():
+    with pytest.raises(ValueError, match="SPD carries the state"):
+        spd_plan(flux_times(10, 256), (32, 32), (0.5, 1), spectrum="flux", transition=X0Renoise())
+    with pytest.raises(ValueError, match="first stage has no entering transition"):
+        Plan((Stage((8, 8), (1.0, 0.0), Spectral()),))
+    with pytest.raises(ValueError, match="model key"):
+        Stage((8, 8), (1.0, 0.0), None, "")
+    with pytest.raises(ValueError, match="one transition per stage switch"):
+        staged_plan([(8, 8), (16, 16)], [(1.0, 0.5), (None, 0.0)], [2, 2], 1.0,
+                    [Spectral(), Spectral()])
+    with pytest.raises(ValueError, match="needs its own start time"):
+        staged_plan([(8, 8), (16, 16)], [(1.0, 0.5), (None, 0.0)], [2, 2], 1.0, X0Renoise())
+    with pytest.raises(ValueError, match="one model key per stage"):
+        _mixed_plan(models=("a", "b"))
+    mixed_bases = staged_plan([(8, 8), (16, 16), (32, 32)], [(1.0, 0.7), (None, 0.4), (None, 0.0)],
+                              [2, 2, 2], 1.0, [Spectral("dct"), Spectral("haar")])
+    with pytest.raises(ValueError, match="coupled=False"):
+        mixed_bases.coupling_basis()
+    with pytest.raises(ValueError, match="no entry for grid"):
+        _mixed_plan().cost({(8, 8): 1.0, (16, 16): 2.0})
