@@ -64,6 +64,8 @@ def test_flow_times_formula():
     assert t[0] == 1 and t[-1] == 0
 
 
+# SPD reference runs in SGLang (methods.md section 1): "18@64^2 + 32@128^2" at delta 0.01 and
+# "28@64^2 + 22@128^2" at delta 0.05 for FLUX 1024^2, 50 steps
 @pytest.mark.parametrize("delta,step", [(0.01, 18), (0.05, 28)])
 def test_spd_plan_flux_switch_steps(delta, step):
     plan = spd_plan(flux_times(50, 4096), (128, 128), (0.5, 1.0), spectrum="flux", delta=delta)
@@ -137,6 +139,7 @@ def test_other_plans_are_valid():
     bn = bottleneck_plan(t, g)
     assert [s.grid for s in bn.stages] == [g, (32, 32), g]
     assert bn.stages[1].times[0] < bn.stages[0].times[-1]  # truncation lowers t
+    # SwD's FLUX 4-step sigmas (methods.md section 2, from the SwD reference configs)
     sw = scalewise_plan(g, (0.5, 0.625, 0.75, 1.0), (1.0, 0.8956, 0.7363, 0.6007, 0.0))
     assert sw.evaluations() == [1, 1, 1, 1]
     # SwD's token cost is (32^2 + 40^2 + 48^2 + 64^2) / 64^2 = 0.55 * 4 full evaluations

@@ -98,6 +98,7 @@ def test_rho_from_actual_sizes_not_nominal_ratio():
 def test_flux_check_value():
     from specdiff.plans import SPECTRA, spd_transition_time
 
+    # DESIGN.md section 4 / methods.md section 1 table: FLUX 1024^2, scale 0.5, delta 0.01
     s = SPECTRA["flux"]
     t_star = spd_transition_time(s.A, s.beta, 0.5, 128, 0.01)
     assert t_star == pytest.approx(0.853, abs=5e-4)
