@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from specdiff import models, sample
+
 try:  # the plan search moved out of the core (specdiff.analysis); older trees: specdiff.optimize
     from specdiff.analysis import optimal_plan
 except ImportError:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from specdiff.optimize import optimal_plan
+from specdiff.analysis import optimal_plan
+from specdiff.analysis.testbed import stage_summary
 from specdiff.plans import SPECTRA, flux_times, full_plan
-from specdiff.testbed_compare import stage_summary
 from specdiff.testbeds import GaussianField
 
 

@@ -50,7 +50,7 @@ def test_schedule_wan_video_and_custom_spectrum(capsys, tmp_path):
     (["schedule", "--A", "3"], "both --A and --beta"),
     (["schedule"], "choose --model"),
     (["analyze", "/nonexistent/folder"], "no such file"),
-    (["testbed", "--schedule", "karras"], "--schedule"),
+    (["testbed", "--schedule", "karras"], "schedule must be 'flux' or 'shift:S'"),
 ])
 def test_bad_input_exits_with_one_line(argv, msg, capsys):
     code, _, err = run(argv, capsys)

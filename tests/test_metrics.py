@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from specdiff import metrics as M
+from specdiff.analysis import metrics as M
 
 
 def imgs(n=6, size=32, seed=0):

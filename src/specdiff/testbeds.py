@@ -27,10 +27,10 @@ from .solvers import get_solver
 from .spectral import _check_finite, broadcast_time, dct, expansion_gain, idct, make_noise, resize
 from .transitions import Spectral, X0Renoise
 
-__all__ = ["GaussianField", "EmpiricalDenoiser"]
+__all__ = ["GaussianField", "EmpiricalDenoiser", "CLOSED_FORM_TRANSITIONS"]
 
 # transitions that act diagonally on DCT coefficients: their law stays closed form
-_DIAGONAL = (Spectral("dct"), X0Renoise("dct"))
+CLOSED_FORM_TRANSITIONS = (Spectral("dct"), X0Renoise("dct"))
 
 
 def _freq_radius(grid: Sequence[int], dtype=torch.float64) -> torch.Tensor:
@@ -119,7 +119,7 @@ class GaussianField:
         if tuple(plan.full_grid) != self.grid:
             raise ValueError(f"plan's full grid {plan.full_grid} differs from the field's {self.grid}")
         for tr in plan.transitions:
-            if tr not in _DIAGONAL:
+            if tr not in CLOSED_FORM_TRANSITIONS:
                 raise ValueError(
                     f"the closed form needs transitions diagonal in the DCT basis (Spectral('dct') "
                     f"or X0Renoise('dct')), got {tr!r}; use Monte Carlo with specdiff.sample")

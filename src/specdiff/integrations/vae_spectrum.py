@@ -25,9 +25,9 @@ import os
 
 import torch
 
-__all__ = ["encode_images", "load_vae", "normalise_latents", "IMAGE_EXTENSIONS"]
+from ..images import IMAGE_EXTENSIONS, image_size, list_images, read_image
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+__all__ = ["encode_images", "load_vae", "normalise_latents"]
 
 
 def _vae_folder(vae_path: str) -> str:
@@ -89,29 +89,17 @@ def _spatial_factor(vae) -> int:
 def _list_images(images_dir: str) -> list[str]:
     if not os.path.isdir(images_dir):
         raise FileNotFoundError(f"image folder not found: {images_dir}")
-    files = sorted(os.path.join(images_dir, f) for f in os.listdir(images_dir)
-                   if f.lower().endswith(IMAGE_EXTENSIONS))
+    files = [str(f) for f in list_images(images_dir)]
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {images_dir}")
     return files
 
 
 def _load_square(path: str, side: int) -> torch.Tensor:
-    """Centre square crop, resized to ``side`` (antialiased bicubic), as (3, side, side) in [-1, 1]."""
-    import numpy as np
-    from PIL import Image
-
-    try:
-        im = Image.open(path).convert("RGB")
-    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad file
-        raise ValueError(f"cannot read image {path}: {e}") from None
-    w, h = im.size
-    s = min(w, h)
-    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-    if s != side:
-        im = im.resize((side, side), Image.BICUBIC)
-    a = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+    """Centre square crop resized to ``side`` (Pillow's antialiased bicubic on the stored
+    pixels), as ``(3, side, side)`` in [-1, 1]; grey images are repeated over RGB."""
+    x = read_image(path, square=side)
+    return (x.expand(3, -1, -1) if x.shape[0] == 1 else x) * 2 - 1
 
 
 def encode_images(vae_path: str, images_dir: str, *, size: int | None = None, device="cpu",
@@ -135,7 +123,6 @@ def encode_images(vae_path: str, images_dir: str, *, size: int | None = None, de
         ``(N, C, h, w)`` float32 latents on the CPU, normalised as the pipeline's
         denoiser sees them.
     """
-    from PIL import Image
     from tqdm.auto import tqdm
 
     files = _list_images(images_dir)
@@ -146,7 +133,7 @@ def encode_images(vae_path: str, images_dir: str, *, size: int | None = None, de
     vae = load_vae(vae_path, device=device)
     f = _spatial_factor(vae)
     if size is None:
-        smallest = min(min(Image.open(p).size) for p in files)
+        smallest = min(min(image_size(p)) for p in files)
         size = min(512, smallest)
     side = (int(size) // f) * f
     if side < f:

@@ -31,10 +31,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..images import IMAGE_EXTENSIONS, from_array, list_images, read_image
 from ..spectral import fit_power_law, rapsd
 
 #: scikit-image photographs used for training (the two stereo motorcycle views
@@ -43,33 +43,18 @@ SKIMAGE_TRAIN = ("astronaut", "chelsea", "hubble_deep_field", "retina", "immunoh
                  "motorcycle", "camera", "grass", "brick", "moon", "clock", "cell")
 #: Held out: never seen in training, used for every quality number.
 SKIMAGE_EVAL = ("coffee", "rocket", "gravel", "coins")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 EVAL_EVERY = 5
 #: Smallest source window (pixels) of a crop, whatever its output size.
 WINDOW = 128
 SPLITS = ("train", "eval", "all")
 
 
-def _to_rgb_tensor(im) -> torch.Tensor:
-    a = np.asarray(im)
-    if a.dtype == bool:
-        a = a.astype(np.uint8) * 255
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=2)
-    if a.ndim != 3:
-        raise ValueError(f"expected an H x W or H x W x C image, got shape {a.shape}")
-    if a.shape[2] == 4:
-        a = a[..., :3]
-    elif a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    elif a.shape[2] != 3:
-        raise ValueError(f"expected 1, 3 or 4 channels, got {a.shape[2]}")
-    if np.issubdtype(a.dtype, np.integer):
-        x = a.astype(np.float32) / float(np.iinfo(a.dtype).max)
-    else:
-        x = a.astype(np.float32)
-        x = (x - x.min()) / max(float(x.max() - x.min()), 1e-8)
-    return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1) * 2 - 1
+def _photo(x: torch.Tensor) -> torch.Tensor:
+    """``(C, H, W)`` in [0, 1] (:mod:`specdiff.images`) -> ``(3, H, W)`` in [-1, 1]; grey
+    photos are repeated over the three channels."""
+    if x.shape[0] == 1:
+        x = x.repeat(3, 1, 1)
+    return x * 2 - 1
 
 
 def _skimage_photo(name: str) -> list[torch.Tensor]:
@@ -77,8 +62,8 @@ def _skimage_photo(name: str) -> list[torch.Tensor]:
 
     if name == "motorcycle":
         left, right, _ = skd.stereo_motorcycle()
-        return [_to_rgb_tensor(left), _to_rgb_tensor(right)]
-    return [_to_rgb_tensor(getattr(skd, name)())]
+        return [_photo(from_array(left)), _photo(from_array(right))]
+    return [_photo(from_array(getattr(skd, name)()))]
 
 
 @dataclass
@@ -146,23 +131,17 @@ def load_photos(source: str | os.PathLike = "skimage", split: str = "train") -> 
     folder = Path(source).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"--data {folder} is not a folder of images")
-    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(folder, recursive=True)
     if len(files) < 2:
         raise ValueError(
-            f"{folder} holds {len(files)} image(s) ({', '.join(IMAGE_SUFFIXES)}); need at least 2 "
+            f"{folder} holds {len(files)} image(s) ({', '.join(IMAGE_EXTENSIONS)}); need at least 2 "
             "so that one can be held out for evaluation"
         )
     held = set(files[EVAL_EVERY - 1 :: EVAL_EVERY]) or {files[-1]}
     chosen = {"train": [f for f in files if f not in held], "eval": [f for f in files if f in held],
               "all": files}[split]
-    from skimage.io import imread
-
-    photos = []
-    for f in chosen:
-        try:
-            photos.append(_to_rgb_tensor(imread(f)))
-        except Exception as e:  # unreadable file: say which
-            raise ValueError(f"cannot read image {f}: {e}") from None
+    # read_image names an unreadable file in its ValueError
+    photos = [_photo(read_image(f)) for f in chosen]
     return PhotoSet(photos, [f.name for f in chosen], str(folder), split)
 
 

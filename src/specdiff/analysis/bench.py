@@ -1,6 +1,7 @@
 """Side-by-side benchmark of sampling plans on one model, in one process (DESIGN.md section 9).
 
-For each method (a :class:`specdiff.plans.Plan`) the same ``n`` seeds are
+The methods and their constants are :mod:`specdiff.analysis.methods` (the
+same as the exact testbed's). For each method (a :class:`specdiff.plans.Plan`) the same ``n`` seeds are
 sampled; every sample starts from the same full-resolution noise tensor
 (seed-coupled), so the baseline and each progressive plan are comparable
 pixel by pixel. Measured per method:
@@ -30,28 +31,22 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..fileio import atomic_write_bytes, atomic_write_json, save_figure
+from ..images import image_grid, save_png
+from ..plans import Plan, PowerSpectrum, measure_eval_cost, stage_grids
+from ..sampling import sample
+from ..spectral import dct, idct, make_noise, rapsd
+from . import methods
 from . import metrics as M
-from .fileio import atomic_write_bytes, atomic_write_json, save_figure
-from .plans import (
-    Plan,
-    bottleneck_plan,
-    cascade_plan,
-    full_plan,
-    measure_eval_cost,
-    pyramidal_plan,
-    spd_plan,
-)
-from .sampling import sample
-from .spectral import dct, idct, make_noise, rapsd
+from .methods import ALL_METHODS
 
-ALL_METHODS = ("baseline", "matched", "spd", "spd3", "optimal", "pyramidal", "bottleneck",
-               "cascade")
+__all__ = ["BenchConfig", "BenchModel", "run_bench", "build_plans", "markdown_table",
+           "gaussian_reference", "load_bench_model", "seeded_noise", "demo_config", "ALL_METHODS"]
 
 
 @dataclass(frozen=True)
@@ -66,8 +61,8 @@ class BenchConfig:
     n: int = 16
     time_batch: int = 4
     repeats: int = 1  # timing passes over the n images
-    deltas: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2)
-    continuations: tuple[str, ...] = ("keep", "respace")  # SPD after each switch (spd_plan)
+    deltas: tuple[float, ...] = methods.SPD_DELTAS
+    continuations: tuple[str, ...] = methods.CONTINUATIONS  # SPD after each switch (spd_plan)
     methods: tuple[str, ...] = ALL_METHODS
     n_real: int = 256
     seed: int = 0
@@ -83,7 +78,7 @@ class BenchConfig:
             raise ValueError("the methods must include 'baseline' (everything is relative to it)")
         if self.n < 2 or self.time_batch < 1 or self.repeats < 1 or self.steps < 2:
             raise ValueError("need n >= 2, time_batch >= 1, repeats >= 1 and steps >= 2")
-        if not self.continuations or any(c not in ("keep", "respace") for c in self.continuations):
+        if not self.continuations or any(c not in methods.CONTINUATIONS for c in self.continuations):
             raise ValueError(f"continuations must be 'keep' and/or 'respace', got {self.continuations}")
         if self.n % self.time_batch:
             raise ValueError(f"n={self.n} must be a multiple of time_batch={self.time_batch}")
@@ -111,7 +106,7 @@ class BenchModel:
     window: int = 128  # crops' smallest source window (training/data.py), for real crops
 
     def times(self, steps: int, grid, shift=None) -> torch.Tensor:
-        from .models import default_times
+        from ..models import default_times
 
         return default_times(steps, grid, shift)
 
@@ -125,15 +120,15 @@ def load_bench_model(name: str, size: tuple[int, int]) -> BenchModel:
     """``unet``/``dit``/path -> the trained model; ``gaussian`` -> the exact Gaussian testbed
     with the (grey, per-channel) power law fitted to the training crops at ``size``."""
     if name == "gaussian":
-        from .testbeds import GaussianField
-        from .training.data import fit_spectrum, load_photos
+        from ..testbeds import GaussianField
+        from ..training.data import fit_spectrum, load_photos
 
         g = torch.Generator().manual_seed(0)
         A, beta = fit_spectrum(load_photos("skimage", "train").crops(256, min(size), g))
         fld = GaussianField(A, beta, size, channels=3)
         return BenchModel(fld.denoiser, "gaussian", 3, 1, (A, beta), "skimage", fld)
-    from .models import load
-    from .training.data import WINDOW, fit_spectrum, load_photos
+    from ..models import load
+    from ..training.data import WINDOW, fit_spectrum, load_photos
 
     m = load(name)
     data = str(m.meta.get("data", "skimage"))
@@ -152,90 +147,70 @@ def load_bench_model(name: str, size: tuple[int, int]) -> BenchModel:
 
 
 def build_plans(cfg: BenchConfig, bm: BenchModel, flops: dict) -> list[Plan]:
-    """The benchmark's plans, named; ``flops`` maps grids to measured per-eval FLOPs
-    (filled in here for the grids the plans use)."""
+    """The benchmark's plans (:mod:`specdiff.analysis.methods`, in ``cfg.methods``);
+    ``flops`` maps grids to measured per-eval FLOPs (filled in here for the grids
+    the plans use). A method this grid or step count cannot express is reported
+    and skipped."""
     grid = tuple(cfg.size)
-    times = bm.times(cfg.steps, grid, cfg.shift)
-    mult = bm.stage_multiple(grid)
-    A, beta = bm.spectrum
-    plans = [full_plan(times, grid).with_name(f"baseline {cfg.steps} steps")]
+    s = methods.Setting(lambda n: bm.times(n, grid, cfg.shift), cfg.steps, grid,
+                        PowerSpectrum(*bm.spectrum), bm.stage_multiple(grid))
     want = set(cfg.methods)
-
-    def ok(make):
-        try:
-            return make()
-        except ValueError as e:  # a plan this grid/step count cannot express: report, skip
-            print(f"  (skipped: {e})")
-            return None
-
-    progressive = []
-    for key, scales in (("spd", (0.5, 1.0)), ("spd3", (0.25, 0.5, 1.0))):
-        if key not in want:
-            continue
-        for cont in cfg.continuations:
-            for d in cfg.deltas:
-                p = ok(lambda d=d, c=cont, sc=scales: spd_plan(
-                    times, grid, sc, A=A, beta=beta, delta=d, multiple=mult, continuation=c))
-                if p:
-                    tag = "" if cont == "keep" else " respace"
-                    progressive.append(p.with_name(
-                        f"SPD {','.join(f'{v:g}' for v in scales)} delta={d:g}{tag}"))
+    progressive: list[Plan] = []
+    for key in methods.SPD_SCALES:
+        if key in want:
+            for cont in cfg.continuations:
+                for d in cfg.deltas:
+                    progressive += _made(lambda k=key, d=d, c=cont: methods.spd(s, k, d, c))
     if "optimal" in want:
-        from .plans import optimal_plan, stage_grids
-
-        cand_scales = tuple(s for s in (0.25, 0.375, 0.5, 0.625, 0.75)
-                            if all(v % mult == 0
-                                   for v in stage_grids(grid, (s, 1.0), multiple=mult)[0]))
-        _measure(bm, flops, [stage_grids(grid, (s, 1.0), multiple=mult)[0] for s in cand_scales])
-
-        def cost(g, _f=flops):
-            g = tuple(g)
-            if g not in _f:
-                _measure(bm, _f, [g])
-            return _f[g]
-
-        for tol in cfg.optimal_tolerances:
-            p = ok(lambda tol=tol: optimal_plan((A, beta), times, grid=grid, solver=cfg.solver,
-                                                tolerance=tol, cost_model=cost, scales=cand_scales,
-                                                multiple=mult))
-            if p:
-                progressive.append(p.with_name(f"optimal_plan tol={tol:g} ({p.name[8:]})"))
-    if "pyramidal" in want:
-        k = cfg.steps // 3
-        steps3 = (cfg.steps - 2 * k, k, k)
-        # Pyramid Flow's jump is the gamma = 1/3 block-noise renoise ("pyramid"); the sampler
-        # seed-couples it through a one-level Haar projection, which cannot reach a
-        # quarter-size first stage, so the 3-stage windows use the dct jump (the same
-        # marginal law: pyramid renoise == haar expansion == dct expansion in law).
-        p = ok(lambda: pyramidal_plan(grid, (0.25, 0.5, 1.0), steps3, profile=times,
-                                      transition="dct", multiple=mult))
-        if p:
-            progressive.append(p.with_name(
-                f"Pyramidal windows 0.25,0.5,1 steps {'/'.join(map(str, steps3))}"))
-    if "bottleneck" in want:
-        p = ok(lambda: bottleneck_plan(times, grid, low_scale=0.5, fractions=(0.1, 0.7),
-                                       multiple=mult))
-        if p:
-            progressive.append(p.with_name("Bottleneck 1,0.5,1 at 0.1-0.7"))
-    if "cascade" in want:
-        half = cfg.steps // 2
-        p = ok(lambda: cascade_plan(times, grid, (0.5, 1.0), renoise_at=(0.5,),
-                                    steps=(half, cfg.steps - half), multiple=mult))
-        if p:
-            progressive.append(p.with_name(f"x0 cascade 0.5->1 renoise 0.5 ({half}+{cfg.steps - half})"))
-    plans += progressive
+        progressive += _optimal_plans(cfg, bm, s, flops)
+    for key, make in (("pyramidal", methods.pyramidal), ("bottleneck", methods.bottleneck),
+                      ("cascade", methods.cascade)):
+        if key in want:
+            progressive += _made(lambda make=make: make(s))
+    plans = [methods.baseline(s), *progressive]
     _measure(bm, flops, [st.grid for p in plans for st in p.stages])
     if "matched" in want:
-        seen = set()
-        # fewer full-resolution steps at the cost of each progressive plan (SPD first)
-        for p in progressive:
-            n = max(1, round(p.cost(flops, cfg.solver)))
-            if n in seen or n >= cfg.steps:
-                continue
-            seen.add(n)
-            mp = full_plan(bm.times(n, grid, cfg.shift), grid)
-            plans.append(mp.with_name(f"full res, {n} steps (cost of {p.name})"))
+        plans += _matched_plans(cfg, s, progressive, flops)
     return plans
+
+
+def _made(make) -> list[Plan]:
+    try:
+        return [make()]
+    except ValueError as e:  # a plan this grid/step count cannot express: report, skip
+        print(f"  (skipped: {e})")
+        return []
+
+
+def _optimal_plans(cfg: BenchConfig, bm: BenchModel, s: methods.Setting, flops: dict) -> list[Plan]:
+    """The plan search with the measured FLOPs as its cost model, once per tolerance."""
+    _measure(bm, flops, [stage_grids(s.grid, (v, 1.0), multiple=s.multiple)[0]
+                         for v in methods.optimal_scales(s)])
+
+    def cost(g, _f=flops):
+        g = tuple(g)
+        if g not in _f:
+            _measure(bm, _f, [g])
+        return _f[g]
+
+    out = []
+    for tol in cfg.optimal_tolerances:
+        out += _made(lambda tol=tol: methods.optimal(s, solver=cfg.solver, tolerance=tol,
+                                                     cost_model=cost, label=f"optimal tol={tol:g}"))
+    return out
+
+
+def _matched_plans(cfg: BenchConfig, s: methods.Setting, progressive, flops) -> list[Plan]:
+    """Fewer full-resolution steps at the measured cost of each progressive plan (one
+    plan per step count, fewer than the baseline's)."""
+    out, seen = [], set()
+    for p in progressive:
+        mp = methods.matched(s, p.cost(flops, cfg.solver), solver=cfg.solver, cost_model=flops)
+        if mp.steps in seen or mp.steps >= cfg.steps:
+            continue
+        seen.add(mp.steps)
+        out.append(mp)
+    return out
 
 
 def _measure(bm: BenchModel, flops: dict, grids) -> None:
@@ -258,7 +233,7 @@ def gaussian_reference(real: torch.Tensor, n: int, generator: torch.Generator) -
     This is the quality bar: a model must beat it to have learned structure
     beyond the spectrum.
     """
-    from .training.data import fit_spectrum
+    from ..training.data import fit_spectrum
 
     c = real.shape[1]
     h, w = real.shape[-2:]
@@ -358,7 +333,7 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, *, progress: bool
     samples = [torch.cat(s) for s in samples]
 
     # quality
-    from .training.data import eval_crops
+    from ..training.data import eval_crops
 
     real = eval_crops(cfg.n_real, min(cfg.size), source=bm.data, seed=1234, window=bm.window)
     if tuple(real.shape[-2:]) != tuple(cfg.size):
@@ -376,7 +351,7 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, *, progress: bool
             r.ssim = M.ssim(x, base)
         if extractor is not None:
             r.fd = M.frechet_distance(x, real, extractor)
-        if bm.field is not None and plans[k].transition in ("dct", "x0_dct"):
+        if bm.field is not None and methods.has_closed_form(plans[k]):
             r.w2 = bm.field.w2(plans[k], cfg.solver)
     refs = {}
     g = torch.Generator().manual_seed(cfg.seed + 777)
@@ -399,7 +374,7 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, *, progress: bool
 
 
 def _train_crops(data: str, n: int, size: int, seed: int, window: int) -> torch.Tensor:
-    from .training.data import load_photos
+    from ..training.data import load_photos
 
     return load_photos(data, "train").crops(n, size, torch.Generator().manual_seed(seed),
                                             window=window)
@@ -478,32 +453,6 @@ def _png(path: Path, fig) -> None:
     save_figure(fig, path, bbox_inches="tight")
 
 
-def image_grid(rows: Sequence[torch.Tensor], pad: int = 2) -> torch.Tensor:
-    """Stack equal-size batches ``(k, C, H, W)`` as grid rows -> ``(C, H', W')`` in [-1, 1]."""
-    k = max(r.shape[0] for r in rows)
-    c, h, w = rows[0].shape[1:]
-    out = torch.ones(c, len(rows) * (h + pad) + pad, k * (w + pad) + pad)
-    for i, r in enumerate(rows):
-        for j in range(r.shape[0]):
-            y, x = pad + i * (h + pad), pad + j * (w + pad)
-            out[:, y : y + h, x : x + w] = r[j].clamp(-1, 1)
-    return out
-
-
-def save_png(path: Path, img: torch.Tensor) -> None:
-    """``(C, H, W)`` in [-1, 1] -> PNG (atomic)."""
-    import io
-
-    from PIL import Image
-
-    arr = M.to_uint8(img[None])[0]
-    if arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def write_outputs(out: Path, res: dict, plans, samples, real, cfg: BenchConfig,
                   grid_cols: int = 8) -> None:
     import matplotlib
@@ -551,95 +500,14 @@ def write_outputs(out: Path, res: dict, plans, samples, real, cfg: BenchConfig,
     _png(out / "spectrum.png", fig)
 
 
-# ---------------------------------------------------------------------------
-# CLI entry points (called by specdiff.commands.model)
-# ---------------------------------------------------------------------------
 
 
-def _cfg_from_args(args, **over) -> BenchConfig:
-    methods = tuple(m.strip() for m in args.methods.split(",")) if getattr(args, "methods", None) \
-        else ALL_METHODS
-    kw = dict(model=args.model, size=tuple(args.size), steps=args.steps, shift=args.shift,
-              solver=args.solver, n=args.n, time_batch=args.time_batch, repeats=args.repeats,
-              deltas=tuple(args.deltas), methods=methods,
-              continuations=tuple(c.strip() for c in args.continuation.split(",")),
-              n_real=args.n_real, seed=args.seed,
-              fd_model=args.fd_model, threads=getattr(args, "threads", None))
-    kw.update(over)
-    return BenchConfig(**kw)
-
-
-def run_bench_cli(args) -> dict:
-    cfg = _cfg_from_args(args)
-    t0 = time.perf_counter()
-    res = run_bench(cfg, args.out, progress=not args.quiet)
-    print(markdown_table(res))
-    print(f"wrote {args.out}/results.md, results.json, pareto.png, grid.png (rows: methods, "
-          f"columns: seeds), spectrum.png in {time.perf_counter() - t0:.0f} s")
-    return res
-
-
-def run_demo(args) -> dict:
-    """``specdiff demo``: baseline vs SPD (0.5,1, delta 0.05) on the shipped UNet at 128^2."""
-    cfg = BenchConfig(model=args.model, size=tuple(args.size), steps=args.steps, n=args.n,
-                      time_batch=args.time_batch, repeats=1, deltas=(0.05,), continuations=("keep",),
-                      methods=("baseline", "spd"), n_real=args.n_real, seed=args.seed,
-                      threads=args.threads)
-    t0 = time.perf_counter()
-    print(f"specdiff demo: {cfg.model} at {cfg.size[0]}x{cfg.size[1]}, {cfg.steps} Euler steps, "
-          f"{cfg.n} seeds; full-resolution baseline vs SPD (scales 0.5,1, delta 0.05) from the "
-          "same noise")
-    res = run_bench(cfg, args.out, progress=True)
-    print(markdown_table(res))
-    r = res["rows"][1]
-    print(f"SPD: {r['speedup']:.2f}x faster in wall-clock ({r['flop_ratio']:.2f}x fewer FLOPs), "
-          f"SWD {100 * r['swd_vs_baseline']:+.1f}% vs baseline, PSNR {r['psnr_vs_baseline']:.1f} dB "
-          f"/ SSIM {r['ssim_vs_baseline']:.3f} against the baseline image from the same seed.")
-    print(f"images: {args.out}/grid.png (top: baseline, bottom: SPD), spectra: "
-          f"{args.out}/spectrum.png; {time.perf_counter() - t0:.0f} s")
-    return res
-
-
-def run_sample(args) -> Path:
-    """``specdiff sample``: write ``n`` PNGs and ``grid.png`` for one plan."""
-    from .plans import spd_plan as _spd
-
-    out = Path(args.out)
-    if args.n < 1:
-        raise ValueError("--n must be >= 1")
-    bm = load_bench_model(args.model, tuple(args.size))
-    if bm.field is not None:
-        raise ValueError("sample needs a trained model (unet, dit or a checkpoint path)")
-    grid = tuple(args.size)
-    times = bm.times(args.steps, grid, args.shift)
-    scales = tuple(args.scales)
-    if scales == (1.0,):
-        plan = full_plan(times, grid)
-    else:
-        mult = bm.stage_multiple(grid)
-        plan = _spd(times, grid, scales, A=bm.spectrum[0], beta=bm.spectrum[1], delta=args.delta,
-                    transition=args.transition, multiple=mult,
-                    continuation=args.continuation)
-    noise, _ = seeded_noise(args.seed, bm.channels, grid, 0, args.n)
-    t0 = time.perf_counter()
-    x = sample(bm.denoiser, plan, solver=args.solver, noise=noise, progress=not args.quiet)
-    dt = time.perf_counter() - t0
-    out.mkdir(parents=True, exist_ok=True)
-    for i in range(args.n):
-        save_png(out / f"{i:03d}_seed{args.seed + i}.png", x[i])
-    cols = math.ceil(math.sqrt(args.n))
-    rows = [x[i : i + cols] for i in range(0, args.n, cols)]
-    save_png(out / "grid.png", image_grid(rows))
-    desc = ", ".join(f"{r['steps']} steps at {r['grid']}" for r in plan.describe(args.solver))
-    info = {"model": args.model, "size": list(grid), "steps": args.steps, "scales": list(scales),
-            "delta": args.delta, "continuation": args.continuation,
-            "seed": args.seed, "n": args.n, "plan": desc, "seconds": dt,
-            "pixel_cost_vs_full": plan.cost("tokens", args.solver) / args.steps}
-    atomic_write_json(out / "sample.json", info)
-    print(f"{args.n} images in {dt:.1f} s ({desc}); wrote {out}/grid.png and "
-          f"{args.n} PNGs (image i uses seed {args.seed}+i)")
-    return out
-
-
-__all__ = ["BenchConfig", "run_bench", "build_plans", "markdown_table", "gaussian_reference",
-           "image_grid", "save_png", "load_bench_model", "ALL_METHODS"]
+def demo_config(*, model: str = "unet", size: tuple[int, int] = (128, 128), steps: int = 50,
+                n: int = 8, time_batch: int = 2, n_real: int = 128, seed: int = 0,
+                threads: int | None = None) -> BenchConfig:
+    """``specdiff demo``: the full-resolution baseline against SPD (scales 0.5,1, delta 0.05,
+    the paper's keep rule) from the same seeds, one timing pass (rows: baseline, SPD)."""
+    return BenchConfig(model=model, size=tuple(size), steps=steps, n=n, time_batch=time_batch,
+                       repeats=1, deltas=(0.05,), continuations=("keep",),
+                       methods=("baseline", "spd"), n_real=n_real, seed=seed,
+                       threads=threads).validate()

@@ -1,4 +1,4 @@
-"""Choose a progressive plan by cost and predicted quality (DESIGN.md section 4, "Beyond SPD").
+"""The plan search: the cheapest plan at a target quality (DESIGN.md section 4, "Beyond SPD").
 
 The exact Gaussian testbed prices any dct-transition plan's quality in closed
 form (W2 to the true field), so the plan can be searched for directly:
@@ -29,15 +29,18 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from .plans import (
+from ..plans import (
     Plan,
+    PlanMeta,
     activation_time,
     full_plan,
     get_spectrum,
     stage_grids,
     staged_plan,
 )
-from .solvers import get_solver
+from ..solvers import get_solver
+from ..testbeds import GaussianField
+from ..transitions import Spectral
 
 DEFAULT_SCALES = (0.25, 0.375, 0.5, 0.625, 0.75)
 DEFAULT_DELTAS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
@@ -52,8 +55,6 @@ class Candidate:
 
 
 def _field(testbed, grid):
-    from .testbeds import GaussianField
-
     if isinstance(testbed, GaussianField):
         if grid is not None and tuple(grid) != testbed.grid:
             raise ValueError(f"grid {grid} differs from the testbed's {testbed.grid}")
@@ -77,7 +78,7 @@ def _build(grids, tstars, steps, times, profiles):
     spans += [(None, t) for t in tstars[1:]]
     if tstars:
         spans.append((None, 0.0))
-    return staged_plan(grids, spans, steps, profiles, "dct", "optimal")
+    return staged_plan(grids, spans, steps, profiles, Spectral("dct"), "optimal")
 
 
 def _base_alloc(grids, tstars, times, n_total):
@@ -201,46 +202,22 @@ def optimal_plan(testbed, times, *, grid: Sequence[int] | None = None, solver="e
     get_solver(solver)
     if not 1 <= max_stages <= 3:
         raise ValueError(f"max_stages must be 1, 2 or 3, got {max_stages}")
+    if quality not in ("w2", "w2+kl"):
+        raise ValueError(f"quality must be 'w2' or 'w2+kl', got {quality!r}")
     base_plan = full_plan(t, grid)
-    ev = _Evaluator(field, solver, cost_model, t)
     base_m = field.metrics(base_plan, solver)
     base_w2 = base_m["w2"]
     target = target_w2 if target_w2 is not None else base_w2 * (1 + tolerance)
     if not target > 0:
         raise ValueError(f"target W2 must be positive, got {target}")
-    if quality not in ("w2", "w2+kl"):
-        raise ValueError(f"quality must be 'w2' or 'w2+kl', got {quality!r}")
     target_kl = base_m["kl"] * (1 + tolerance) if quality == "w2+kl" else math.inf
+    search = _Search(field, _Evaluator(field, solver, cost_model, t), t, target, target_kl,
+                     base_plan.cost(cost_model, solver) * 1.5, axes)
 
-    def ok(c: Candidate) -> bool:
-        return c.w2 <= target and c.kl <= target_kl
-    max_cost = base_plan.cost(cost_model, solver) * 1.5
-    n_total = len(t) - 1
-
-    chains = [(1.0,)]
-    sc = sorted(float(s) for s in scales)
-    if max_stages >= 2:
-        chains += [(s, 1.0) for s in sc]
-    if max_stages >= 3:
-        chains += [(a, b, 1.0) for a, b in itertools.combinations(sc, 2)]
-    jobs = []
-    for ch in chains:
-        try:
-            grids = stage_grids(grid, ch, multiple=multiple, axes=axes)
-        except ValueError:
-            continue
-        k = len(grids) - 1
-        for d in ([()] if k == 0 else [(dd,) * k for dd in deltas]):
-            jobs.append((grids, tuple(d)))
-
-    found: list[Candidate] = []
-    profile0 = [t] * 3
-    for grids, ds in tqdm(jobs, disable=not progress, desc="plan search", leave=False):
-        tstars = _switch_times(field, grids, ds, axes)
-        if any(b >= a for a, b in zip(tstars, tstars[1:])):
-            continue
-        base = _base_alloc(grids, tstars, t, n_total)
-        c = _allocate(ev, grids, tstars, profile0[: len(grids)], base, ok, max_cost)
+    found = []
+    for grids, ds in tqdm(_jobs(grid, scales, deltas, max_stages, multiple, axes),
+                          disable=not progress, desc="plan search", leave=False):
+        c = search.run(grids, ds, [t] * len(grids))
         if c is not None:
             found.append((c, grids, ds))
     if not found:
@@ -253,36 +230,74 @@ def optimal_plan(testbed, times, *, grid: Sequence[int] | None = None, solver="e
     # coordinate descent over neighbouring values
     dgrid = sorted(set(deltas) | {d * f for d in deltas for f in (0.7, 1.4)})
     for c, grids, ds in list(found[:refine]):
-        def run(dvec, prof, _grids=grids):
-            tstars = _switch_times(field, _grids, dvec, axes)
-            if any(b >= a for a, b in zip(tstars, tstars[1:])):
-                return None
-            base = _base_alloc(_grids, tstars, t, n_total)
-            return _allocate(ev, _grids, tstars, list(prof), base, ok, max_cost)
+        found.append(search.refine(c, grids, ds, profiles, dgrid))
+    found.sort(key=lambda r: r[0].cost)
+    best, grids, ds = found[0]
+    scale_of = tuple(min(g[-axes:]) / min(grid[-axes:]) for g in grids)
+    meta = PlanMeta(family="optimal", w2=best.w2, kl=best.kl, cost=best.cost, target=target,
+                    quality=quality, baseline_w2=base_w2, baseline_kl=base_m["kl"],
+                    deltas=tuple(ds), solver=get_solver(solver).name, scales=scale_of)
+    plan = Plan(best.plan.stages, None, "optimal " + "/".join(f"{v:g}" for v in scale_of), meta)
+    if return_candidates:
+        return plan, [r[0] for r in found]
+    return plan
 
-        best, best_d, best_p = c, tuple(ds), tuple(t for _ in grids)
+
+def _jobs(grid, scales, deltas, max_stages, multiple, axes) -> list:
+    """``(stage grids, one delta per switch)`` of every candidate: 1 stage, then each coarse
+    scale, then each pair of them (up to ``max_stages``), each with every delta."""
+    chains = [(1.0,)]
+    sc = sorted(float(s) for s in scales)
+    if max_stages >= 2:
+        chains += [(s, 1.0) for s in sc]
+    if max_stages >= 3:
+        chains += [(a, b, 1.0) for a, b in itertools.combinations(sc, 2)]
+    jobs = []
+    for ch in chains:
+        try:
+            grids = stage_grids(grid, ch, multiple=multiple, axes=axes)
+        except ValueError:  # a chain this grid cannot hold (two scales round to one grid)
+            continue
+        k = len(grids) - 1
+        for d in ([()] if k == 0 else [(dd,) * k for dd in deltas]):
+            jobs.append((grids, tuple(d)))
+    return jobs
+
+
+class _Search:
+    """One search's fixed parts: the field, the evaluator, the targets and the cost cap."""
+
+    def __init__(self, field, ev, times, target, target_kl, max_cost, axes):
+        self.field, self.ev, self.t, self.axes = field, ev, times, axes
+        self.target, self.target_kl, self.max_cost = target, target_kl, max_cost
+        self.n_total = len(times) - 1
+
+    def ok(self, c: Candidate) -> bool:
+        return c.w2 <= self.target and c.kl <= self.target_kl
+
+    def run(self, grids, dvec, prof) -> Candidate | None:
+        """The cheapest allocation for these grids, deltas and spacing profiles (or None)."""
+        tstars = _switch_times(self.field, grids, dvec, self.axes)
+        if any(b >= a for a, b in zip(tstars, tstars[1:])):
+            return None  # switch times out of order: no such plan
+        base = _base_alloc(grids, tstars, self.t, self.n_total)
+        return _allocate(self.ev, grids, tstars, list(prof), base, self.ok, self.max_cost)
+
+    def refine(self, c, grids, ds, profiles, dgrid):
+        """Try each spacing profile, then move each delta to its neighbours on ``dgrid``."""
+        best, best_d, best_p = c, tuple(ds), tuple(self.t for _ in grids)
         for p in profiles:
-            prof = tuple((t if p is None else p) for _ in grids)
-            c2 = run(best_d, prof)
+            prof = tuple((self.t if p is None else p) for _ in grids)
+            c2 = self.run(grids, best_d, prof)
             if c2 is not None and c2.cost < best.cost:
                 best, best_p = c2, prof
         for k in range(len(best_d)):
             for dk in _neighbours_1d(best_d[k], dgrid):
                 dvec = best_d[:k] + (dk,) + best_d[k + 1:]
-                c2 = run(dvec, best_p)
+                c2 = self.run(grids, dvec, best_p)
                 if c2 is not None and c2.cost < best.cost:
                     best, best_d = c2, dvec
-        found.append((best, grids, best_d))
-    found.sort(key=lambda r: r[0].cost)
-    best, grids, ds = found[0]
-    meta = (("w2", best.w2), ("kl", best.kl), ("cost", best.cost), ("target", target),
-            ("quality", quality), ("baseline_w2", base_w2), ("baseline_kl", base_m["kl"]),
-            ("deltas", tuple(ds)), ("solver", get_solver(solver).name))
-    plan = Plan(best.plan.stages, "dct", "optimal " + "/".join(
-        f"{min(g[-axes:]) / min(grid[-axes:]):g}" for g in grids), meta)
-    if return_candidates:
-        return plan, [r[0] for r in found]
-    return plan
+        return best, grids, best_d
 
 
 def _neighbours_1d(d, dgrid):

@@ -23,11 +23,10 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .spectral import rapsd
+from ..spectral import rapsd
 
 __all__ = [
     "laplacian_pyramid", "swd", "SlicedWasserstein", "rapsd_distance", "psnr", "ssim", "gaussian_stats",
@@ -405,9 +404,4 @@ def load_feature_extractor(spec: str | os.PathLike | Callable, *, device="cpu") 
                                     if "inception" in p.name.lower() else None)
     except RuntimeError as e:
         raise ValueError(f"{p} is not a TorchScript model ({str(e).splitlines()[0]})") from None
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """``(N, C, H, W)`` in [-1, 1] -> ``(N, H, W, C)`` uint8."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
