@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("diffusers")
 
 from specdiff.cli import main  # noqa: E402
-from specdiff.commands.diffusers import shard  # noqa: E402
+from specdiff.integrations.generate import shard  # noqa: E402
 from specdiff.integrations.tiny import tiny_flux, tiny_sdxl, tiny_wan  # noqa: E402
 from specdiff.integrations.vae_spectrum import encode_images  # noqa: E402
 

@@ -39,8 +39,9 @@ from collections.abc import Sequence
 import torch
 
 from ..plans import Plan, full_plan, spd_plan, stage_grids
-from ..sampling import coupling_basis, sample
+from ..sampling import sample
 from ..spectral import project_noise, resize
+from ..transitions import Spectral, Transition, as_transition
 from .families import find_adapter
 from .families.base import Interrupted
 
@@ -92,7 +93,7 @@ class SpectralPipeline:
 
     # ------------------------------------------------------------------
     def __call__(self, *args, scales: Sequence[float] = (0.5, 1.0), delta=0.01,
-                 spectrum=None, transition: str = "dct", plan: Plan | None = None,
+                 spectrum=None, transition: Transition | str = "dct", plan: Plan | None = None,
                  solver: str = "auto", positions: str = "native", coupled: bool = True,
                  **kwargs):
         """Run the pipeline with a progressive plan.
@@ -107,7 +108,11 @@ class SpectralPipeline:
                 ``specdiff.plans.SPECTRA`` (``"flux"``, ``"wan"``), a
                 ``PowerSpectrum`` or ``(A, beta)`` from ``specdiff analyze``.
                 ``None`` uses the family's known VAE constants (FLUX, Wan).
-            transition: ``"dct"`` (SPD), ``"fft"`` or ``"haar"``.
+            transition: the transition entering each finer stage: a
+                :mod:`specdiff.transitions` object that carries the state
+                (``Spectral("dct")``, SPD's; ``Spectral("fft")``,
+                ``Spectral("haar")``, ``Pyramid()``) or its legacy string
+                (``"dct"``, ``"fft"``, ``"haar"``, ``"pyramid"``).
             plan: any :class:`specdiff.plans.Plan` whose ``full_grid`` is this
                 call's latent grid (overrides scales/delta/spectrum); build the
                 time grid with :meth:`get_plan` ``(..., scales=(1.0,))``.
@@ -127,7 +132,8 @@ class SpectralPipeline:
                              positions, coupled)
 
     def get_plan(self, *args, scales: Sequence[float] = (0.5, 1.0), delta=0.01, spectrum=None,
-                 transition: str = "dct", positions: str = "native", **kwargs) -> Plan:
+                 transition: Transition | str = "dct", positions: str = "native",
+                 **kwargs) -> Plan:
         """The :class:`Plan` that ``sp(*args, **kwargs, scales=..., delta=...)`` would walk
         (time grid from the pipeline's scheduler at full resolution). Draws no noise."""
         pipe = self.pipe
@@ -169,6 +175,9 @@ class SpectralPipeline:
     def _make_plan(self, ad, scales, delta, spectrum, transition) -> Plan:
         grid = ad.grid
         sc = _check_scales(scales)
+        # read the transition even when one stage leaves it unused: a bad value is an
+        # error whatever the scales
+        transition = as_transition(transition)
         if sc == (1.0,):
             return full_plan(ad.times, grid)
         if spectrum is None:
@@ -230,8 +239,10 @@ class SpectralPipeline:
                 plan = self._check_plan(ad, plan)
             for st in plan.stages:
                 ad.check_grid(st.grid)
-            sv = ad.solver(solver, plan)
-            basis = coupling_basis(plan.transition)
+            sv = ad.solver(solver)
+            # the basis sample() projects the seed noise in, so the start scaling acts on
+            # the band the sampler starts from
+            basis = plan.coupling_basis(coupled)
             noise = _start_noise(ad.noise, plan, ad.start_scale, basis)
             user_cb = kw.get("callback_on_step_end")
             names = kw.get("callback_on_step_end_tensor_inputs") or ["latents"]
@@ -240,7 +251,6 @@ class SpectralPipeline:
 
                 def on_step(info):
                     i = info["index"]
-                    ad.step_index = i + 1
                     x, t_next = info["x"], float(info["t_next"])
                     new_x = None
                     if user_cb is not None:
@@ -272,9 +282,9 @@ class SpectralPipeline:
                 except Interrupted as stop:
                     x = stop.x
                     if tuple(x.shape[2:]) != tuple(plan.full_grid):
-                        # decode what there is, at full size: expand with the same noise band
-                        x = resize(x, stop.t, plan.full_grid, noise=noise.to(x),
-                                   basis=basis if basis in ("dct", "fft", "haar") else "dct")[0]
+                        # decode what there is, at full size: a spectral expansion that
+                        # fills the new bands with the same noise
+                        x = Spectral(basis).apply(x, stop.t, plan.full_grid, noise=noise.to(x))[0]
             pipe._current_timestep = None
             result = ad.decode(x)
             pipe.maybe_free_model_hooks()

@@ -24,19 +24,21 @@ the model output to x0 at the boundary.
 Step ``i`` (diffusers' ``step`` order): evaluate ``m_i = x0(x_i, t_i)``; if
 there is history, correct ``x_i`` with UniC (order of the previous predictor,
 using ``m_i``); push ``m_i``; predict ``x_{i+1}`` with UniP of order
-``min(order, steps left, warm-up count + 1)``. Variants ``bh1`` (``B(h) = h``)
-and ``bh2`` (``B(h) = e^h - 1``).
+``min(order, steps left, warm-up count + 1)``, the steps left read from the
+``StepInfo`` the sampler passes (so one solver object serves every plan).
+Variants ``bh1`` (``B(h) = h``) and ``bh2`` (``B(h) = e^h - 1``).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from ..plans import Plan
-from ..solvers import Solver
+from ..solvers import Solver, StepInfo, call_denoiser
 
 __all__ = ["unipc_solver"]
 
@@ -132,15 +134,35 @@ def _correct(m_t, last_sample, t_s0, t, outputs, times, order, variant):
     return x_t - (a_t * b_h) * corr
 
 
+def _order_now(order: int, lower_order_final: bool, warm: int, t_next: float,
+               info: StepInfo | None) -> int:
+    """The predictor's order for this step: ``min(order, steps left, warm-up count + 1)``.
+
+    The steps left (this one included) come from the sampler's ``info``, counted
+    over the whole plan across stages as diffusers counts ``len(timesteps) -
+    step_index``; without ``info`` (a call outside a plan) only the step onto
+    ``t = 0`` counts as the last one."""
+    this = order
+    if lower_order_final:
+        left = info.remaining if info is not None else (1 if t_next == 0 else order)
+        this = min(order, left)
+    return min(this, warm + 1)
+
+
 def unipc_solver(plan: Plan | None = None, *, order: int = 2, variant: str = "bh2",
                  lower_order_final: bool = True) -> Solver:
     """A UniPC ``Solver`` (data prediction, B(h) variant ``"bh1"``/``"bh2"``).
 
+    The solver holds no plan: one solver object walks any plan.
+    ``lower_order_final`` (diffusers lowers the order to the number of steps
+    left in the whole schedule) reads the steps left from the
+    :class:`specdiff.solvers.StepInfo` that :func:`specdiff.sample` passes to
+    every step (``info.remaining``, counted across stages). A step taken
+    without ``info`` lowers only the step onto ``t = 0`` to first order.
+
     Args:
-        plan: the plan it will walk; needed only for ``lower_order_final``
-            (diffusers lowers the order to the number of steps left in the whole
-            schedule, counted across stages). Without a plan, only the step
-            onto ``t = 0`` is lowered to first order.
+        plan: accepted for compatibility with earlier releases and ignored (the
+            steps left come from ``info``); a ``DeprecationWarning`` says so.
         order: ``solver_order`` (2 for Wan 2.1; 3 for some image pipelines).
         variant: ``solver_type`` of the diffusers scheduler.
         lower_order_final: as in diffusers.
@@ -149,22 +171,17 @@ def unipc_solver(plan: Plan | None = None, *, order: int = 2, variant: str = "bh
         raise ValueError(f"UniPC order must be 1, 2 or 3, got {order}")
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"UniPC variant must be 'bh1' or 'bh2', got {variant!r}")
-    remaining: dict[tuple[float, float], int] = {}
     if plan is not None:
-        left = plan.steps
-        for st in plan.stages:
-            for a, b in zip(st.times, st.times[1:]):
-                remaining[(float(a), float(b))] = left
-                left -= 1
+        if not isinstance(plan, Plan):
+            raise ValueError(f"unipc_solver(plan=...) takes a specdiff Plan or None, got "
+                             f"{type(plan).__name__}; leave it out (it is no longer needed)")
+        warnings.warn("unipc_solver(plan=...) is no longer needed and is ignored: the steps "
+                      "left come from the StepInfo that specdiff.sample passes",
+                      DeprecationWarning, stacklevel=2)
 
-    def step(denoiser, x, t, t_next, *, cond=None, state=None, noise=None):
+    def step(denoiser, x, t, t_next, *, cond=None, state=None, noise=None, info=None):
         t, t_next = float(t), float(t_next)
-        tt = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
-        m = denoiser(x, tt, **(cond or {}))
-        if m.shape != x.shape:
-            raise ValueError(
-                f"the denoiser returned shape {tuple(m.shape)} for input {tuple(x.shape)}")
-        m = m.to(x.dtype)
+        m = call_denoiser(denoiser, x, t, cond, info)
         if state is not None:
             x = _correct(m, state.last_sample, state.times[-1], t, state.outputs, state.times,
                          state.last_order, variant).to(x.dtype)
@@ -173,11 +190,7 @@ def unipc_solver(plan: Plan | None = None, *, order: int = 2, variant: str = "bh
             warm = state.warm
         else:
             outputs, times, warm = (m,), (t,), 0
-        this = order
-        if lower_order_final:
-            left = remaining.get((t, t_next), 1 if t_next == 0 else order)
-            this = min(order, left)
-        this = min(this, warm + 1)
+        this = _order_now(order, lower_order_final, warm, t_next, info)
         x_next = _predict(x, t, t_next, outputs, times, this, variant).to(x.dtype)
         new = _UniPCState(outputs, times, x, this, min(warm + 1, order))
         return x_next, new, m

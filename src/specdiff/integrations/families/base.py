@@ -16,6 +16,14 @@ Frames (DESIGN.md section 2): the solver state is the flow state
 Wan) use ``t = sigma`` and the model predicts the velocity ``eps - x0``. VP
 schedulers (SDXL) have the VE state ``x_ve = x0 + s eps = x / (1 - t)`` with
 ``t = s / (1 + s)``; the UNet sees ``x_ve / sqrt(1 + s^2)`` and predicts eps or v.
+
+Step position: an adapter keeps no step counter. It declares
+``takes_step_info = True``, so :func:`specdiff.sample` passes every call a
+``step_info`` (:class:`specdiff.solvers.StepInfo`: the walk position of that
+evaluation's own time, ``k`` for step ``k``'s first evaluation and ``k + 1``
+for an evaluation at its end time such as Heun's corrector), and the sigma
+follows from ``t``. The family's model call gets both as an
+:class:`Evaluation`, so the adapter is a pure function of its arguments.
 """
 
 from __future__ import annotations
@@ -23,14 +31,16 @@ from __future__ import annotations
 import copy
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 
 from ...denoisers import VPDenoiser
-from ...solvers import Solver, get_solver
+from ...solvers import Solver, StepInfo, get_solver
 
-__all__ = ["Adapter", "Interrupted", "unsupported", "forward_hook", "SCHEDULER_SOLVERS"]
+__all__ = ["Adapter", "Evaluation", "Interrupted", "unsupported", "forward_hook",
+           "SCHEDULER_SOLVERS"]
 
 #: diffusers scheduler classes whose update we reproduce, and our solver for it.
 SCHEDULER_SOLVERS = {
@@ -64,6 +74,22 @@ def _key(t: float) -> float:
     return float(torch.tensor(float(t), dtype=torch.float32))
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """Where one denoiser call sits, as a family's model call needs it (pipelines pass
+    the loop's ``i`` to cache hooks and use it for SD3.5 skip-layer guidance).
+
+    ``index``: the walk position of this evaluation's time (``StepInfo.index``:
+    ``k`` for step ``k``'s first evaluation, ``k + 1`` at the step's end time).
+    ``num_steps``: steps in the whole walk (all stages), the count ``index``
+    runs over. ``sigma``: the scheduler's sigma for this call's ``t``.
+    """
+
+    index: int
+    num_steps: int
+    sigma: float
+
+
 class Adapter:
     """One call of one pipeline family. Subclasses set the class attributes and
     implement :meth:`prepare`, :meth:`model_output` and :meth:`decode`."""
@@ -91,7 +117,6 @@ class Adapter:
         self.kw = kw
         self.positions = positions
         self.dry = dry  # plan only: draw no noise (leaves the user's generator untouched)
-        self.step_index = 0
         self.tensors: dict[str, torch.Tensor] = {}
         self.start_scale = 1.0
         self._last_grid: tuple[int, ...] | None = None
@@ -108,10 +133,12 @@ class Adapter:
         :meth:`set_schedule`."""
         raise NotImplementedError
 
-    def model_output(self, x_in: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    def model_output(self, x_in: torch.Tensor, timestep: torch.Tensor,
+                     ev: Evaluation) -> torch.Tensor:
         """One denoising step's model output (with CFG) for ``x_in`` ((B, C, *grid),
         already scaled for VP models, in the pipeline's latent dtype): the velocity
-        for flow families, eps or v for VP ones. Shape of ``x_in``."""
+        for flow families, eps or v for VP ones. Shape of ``x_in``. ``ev`` says where
+        the call sits in the walk (what the pipeline's loop knows as ``i`` and its sigma)."""
         raise NotImplementedError
 
     def decode(self, x: torch.Tensor):
@@ -202,6 +229,7 @@ class Adapter:
         self.times = times
         self.num_steps = n
         self._table = {_key(times[i]): (ts[i], float(sig[i])) for i in range(n)}
+        self._grid_keys = tuple(_key(times[i]) for i in range(n))
         self._num_train = int(getattr(sched.config, "num_train_timesteps", 1000))
         if not self.flow:
             self._vp = VPDenoiser(lambda *a: None, sched.alphas_cumprod)
@@ -244,23 +272,44 @@ class Adapter:
             if reg is not None:
                 reg.reset_stateful_hooks(recurse=False)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, **_unused) -> torch.Tensor:
-        """Denoiser: flow state ``x`` (B, C, *grid) float32 at ``t`` (B,) -> x0_hat (float32)."""
+    #: :func:`specdiff.sample` passes ``step_info=`` (the walk position of each call)
+    takes_step_info: ClassVar[bool] = True
+
+    def grid_position(self, t: float) -> int:
+        """Position of time ``t`` on the scheduler's grid: the number of grid times above it
+        (a grid time's own index; an off-grid time gets the index of the next grid time
+        below it). The walk position of a call made without ``step_info``."""
+        k = _key(t)
+        return sum(1 for v in self._grid_keys if v > k)
+
+    def evaluation(self, t: float, sigma: float, info: StepInfo | None) -> Evaluation:
+        """The :class:`Evaluation` of a call at ``t``: from the sampler's ``info`` or, for a
+        call made outside a plan, from ``t``'s place on the scheduler's own grid."""
+        if info is not None:
+            return Evaluation(int(info.index), int(info.num_steps), sigma)
+        return Evaluation(self.grid_position(t), self.num_steps, sigma)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, *, step_info: StepInfo | None = None,
+                 **_unused) -> torch.Tensor:
+        """Denoiser: flow state ``x`` (B, C, *grid) float32 at ``t`` (B,) -> x0_hat (float32).
+
+        ``step_info`` (passed by :func:`specdiff.sample`) places the call on the walk;
+        the result depends only on the arguments (and the callback-editable embeddings)."""
         grid = tuple(x.shape[2:])
         if self._last_grid is not None and grid != self._last_grid:
             self.reset_caches()
         self._last_grid = grid
         tf = float(t.reshape(-1)[0])
         timestep, sigma = self.timestep(tf)
-        self.current_sigma = sigma
+        ev = self.evaluation(tf, sigma, step_info)
         self.pipe._current_timestep = timestep
         if self.flow:
-            out = self.model_output(x.to(self.latent_dtype), timestep)
+            out = self.model_output(x.to(self.latent_dtype), timestep, ev)
             return x - sigma * out.to(x.dtype)
         # VP: x_ve = x (1 + s); the model sees x_ve / sqrt(1 + s^2) (scale_model_input)
         x_ve = x * (1.0 + sigma)
         x_in = (x_ve / math.sqrt(sigma * sigma + 1.0)).to(self.latent_dtype)
-        out = self.model_output(x_in, timestep).to(x.dtype)
+        out = self.model_output(x_in, timestep, ev).to(x.dtype)
         if self.scheduler.config.prediction_type == "v_prediction":
             return x_ve / (sigma * sigma + 1.0) - (sigma / math.sqrt(sigma * sigma + 1.0)) * out
         return x_ve - sigma * out
@@ -283,13 +332,16 @@ class Adapter:
     # ------------------------------------------------------------------
     # solver
     # ------------------------------------------------------------------
-    def solver(self, choice, plan) -> Solver:
-        """The solver reproducing the pipeline's scheduler (``"auto"``) or the one asked for."""
+    def solver(self, choice) -> Solver:
+        """The solver reproducing the pipeline's scheduler (``"auto"``) or the one asked for.
+
+        The solver is not tied to a plan: UniPC reads the steps left from the
+        ``StepInfo`` the sampler passes."""
         from ..unipc import unipc_solver
 
         if choice != "auto":
             if choice == "unipc":
-                return unipc_solver(plan)
+                return unipc_solver()
             return get_solver(choice)
         sched = self.scheduler
         name = type(sched).__name__
@@ -308,7 +360,7 @@ class Adapter:
                     f"{self.family}: UniPC is reproduced with predict_x0=True, no solver_p, no "
                     "disable_corrector and no thresholding; pass solver='unipc' or 'euler' to "
                     "override")
-            return unipc_solver(plan, order=int(cfg.solver_order), variant=cfg.solver_type,
+            return unipc_solver(order=int(cfg.solver_order), variant=cfg.solver_type,
                                 lower_order_final=bool(cfg.lower_order_final))
         raise ValueError(
             f"{self.family}: SpectralPipeline reproduces the schedulers "

@@ -175,7 +175,7 @@ class FluxAdapter(Adapter):
         return ids
 
     # --- the model -----------------------------------------------------
-    def model_output(self, x_in, timestep):
+    def model_output(self, x_in, timestep, ev):
         pipe = self.pipe
         grid = tuple(x_in.shape[2:])
         packed = self.pack(x_in)

@@ -8,7 +8,9 @@
   ``use_dynamic_shifting`` mu comes from the *full-resolution* patch count
   unless ``mu=`` is passed, as the pipeline does.
 * Prediction: velocity; CFG is one batched call on ``[uncond; cond]``;
-  skip-layer guidance (SD3.5) adds the pipeline's extra call on the same steps.
+  skip-layer guidance (SD3.5) adds the pipeline's extra call on the same steps
+  (``start < i / N < stop`` with ``i`` the call's walk position from the sampler's
+  ``StepInfo``: a Heun corrector at step ``k``'s end time is at ``k + 1``).
 * Positions: a fixed 2-D sin-cos table over ``pos_embed_max_size``^2 patches of
   which the transformer takes the centre crop of the input's size.
   ``positions="native"`` (default) leaves it alone: a coarse stage is seen as
@@ -136,7 +138,7 @@ class SD3Adapter(Adapter):
             raise ValueError(f"SD3's position table covers {mx} patches per side; grid {grid} "
                              "is too large")
 
-    def model_output(self, x_in, timestep):
+    def model_output(self, x_in, timestep, ev):
         pipe = self.pipe
         cfg = pipe.do_classifier_free_guidance
         lmi = torch.cat([x_in] * 2) if cfg else x_in
@@ -148,7 +150,9 @@ class SD3Adapter(Adapter):
         if cfg:
             uncond, text = out.chunk(2)
             out = uncond + pipe.guidance_scale * (text - uncond)
-            i, n = self.step_index, self.num_steps
+            # the pipeline's rule on its loop index i: start < i / N < stop, with i the
+            # walk position of this evaluation (a Heun corrector counts as step k + 1)
+            i, n = ev.index, ev.num_steps
             kw = self.kw
             skip = (i > n * kw["skip_layer_guidance_start"]
                     and i < n * kw["skip_layer_guidance_stop"])

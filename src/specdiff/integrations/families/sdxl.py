@@ -140,7 +140,7 @@ class SDXLAdapter(Adapter):
         if any(s % m for s in grid):
             raise ValueError(f"SDXL's UNet needs latent sides divisible by {m}, got {grid}")
 
-    def model_output(self, x_in, timestep):
+    def model_output(self, x_in, timestep, ev):
         from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import (
             rescale_noise_cfg,
         )

@@ -12,7 +12,9 @@
   rather than the diffusers scheduler driven per stage). With a
   ``FlowMatchEulerDiscreteScheduler`` (diffusers' own Wan tests) it is Euler.
 * Prediction: velocity; CFG is two separate calls per step (cond, uncond)
-  inside ``cache_context("cond"/"uncond", step_index, sigma, num_inference_steps)``.
+  inside ``cache_context("cond"/"uncond", step_index, sigma, num_inference_steps)``, with
+  the call's walk position from the sampler's ``StepInfo``, the sigma of its ``t`` and
+  the walk's step count (the pipeline's ``i``, ``sigmas[i]`` and ``N`` on one stage).
 * Positions: ``WanRotaryPosEmbed`` indexes per-axis RoPE tables with
   ``0 .. n-1`` taken from the input's shape. ``positions="native"`` (default)
   keeps that (a coarse stage is a smaller video, top-left anchored, unit
@@ -120,12 +122,12 @@ class WanAdapter(Adapter):
         if any(s % m for s in grid[-2:]):
             raise ValueError(f"Wan needs even latent heights/widths (2x2 patches), got {grid}")
 
-    def model_output(self, x_in, timestep):
+    def model_output(self, x_in, timestep, ev):
         pipe = self.pipe
         lmi = x_in.to(self.model_dtype)
         ts = timestep.to(self.device).expand(lmi.shape[0])
-        ck = {"step_index": self.step_index, "sigma": float(self.current_sigma),
-              "num_inference_steps": pipe._num_timesteps}
+        # what the pipeline's loop tells cache hooks: its i, that step's sigma, the step count
+        ck = {"step_index": ev.index, "sigma": float(ev.sigma), "num_inference_steps": ev.num_steps}
         with self.cache_context("cond", **ck):
             out = pipe.transformer(hidden_states=lmi, timestep=ts,
                                    encoder_hidden_states=self.tensors["prompt_embeds"],
