@@ -380,14 +380,19 @@ class Plan:
         keys = [st.model or DEFAULT_MODEL for st in self.stages]
         return tuple(dict.fromkeys(keys))
 
-    def coupling_basis(self) -> str:
-        """Basis in which seed-coupled noise is split between the stages' grids.
+    def coupling_basis(self, coupled: bool = True) -> str:
+        """Basis in which the seed noise is split between the stages' grids.
 
         The common basis of the carried transitions (``"dct"`` when there are
-        none). Raises ``ValueError`` when carried transitions disagree: one
-        full-resolution noise cannot be band-split in two bases at once.
+        none). Coupled, it raises ``ValueError`` when carried transitions
+        disagree: one full-resolution noise cannot be band-split in two bases
+        at once. With ``coupled=False`` only the first stage's start is a
+        projection of the seed noise, and the first carried basis is used.
         """
-        bases = {tr.coupling_basis for tr in self.transitions if tr.coupling_basis is not None}
+        ordered = [tr.coupling_basis for tr in self.transitions if tr.coupling_basis is not None]
+        if not coupled:
+            return ordered[0] if ordered else "dct"
+        bases = set(ordered)
         if len(bases) > 1:
             raise ValueError(
                 f"seed-coupled noise needs one basis for all carried transitions, this plan mixes "

@@ -139,7 +139,7 @@ def sample(
         )
     # fresh-noise mode never band-splits the seed noise after the start, so a plan
     # mixing bases only needs one when coupled
-    basis = plan.coupling_basis() if coupled else _first_basis(plan)
+    basis = plan.coupling_basis(coupled)
 
     first = plan.stages[0].grid
     x = noise if first == tuple(full) else project_noise(noise, first, basis)
@@ -175,13 +175,6 @@ def sample(
     finally:
         bar.close()
     return x
-
-
-def _first_basis(plan: Plan) -> str:
-    for tr in plan.transitions:
-        if tr.coupling_basis is not None:
-            return tr.coupling_basis
-    return "dct"
 
 
 def _enter(denoiser, plan: Plan, i: int, x, noise, generator, cond, coupled, basis, info):
