@@ -58,7 +58,7 @@ def test_bench_and_demo_run(trained, tmp_path, capsys):
                  "--time-batch", "1", "--deltas", "0.1", "--methods", "baseline,spd",
                  "--n-real", "8", "--out", str(tmp_path / "b"), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "| baseline 4 steps |" in out and (tmp_path / "b" / "pareto.png").is_file()
+    assert "| full 4 steps (baseline) |" in out and (tmp_path / "b" / "pareto.png").is_file()
     assert main(["demo", "--model", str(trained), "--size", "32x32", "--n-real", "8", "--steps",
                  "3", "--n", "2", "--time-batch", "1", "--out", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out

@@ -266,3 +266,17 @@ def test_spd_finetune_recipe_takes_the_model_and_data_from_init():
     assert cfg.objective == "spd" and cfg.init == "unet-base" and cfg.steps == 10
     assert cfg.model == json.loads(json.dumps(base.meta["train"]["model"]))
     assert (cfg.window, cfg.shift_size) == (base.meta["train"]["window"], base.meta["train"]["shift_size"])
+
+
+def test_recipe_config_builds_what_the_cli_runs():
+    from specdiff.training.config import default_config, recipe_config, spd_finetune_config
+
+    assert recipe_config("spd", init="unet-base") == spd_finetune_config("unet-base").validate()
+    cfg = recipe_config("flow", model="unet", model_config={"base": 8}, steps=3, sizes=(16, 32))
+    base = default_config("unet")
+    assert cfg.model == {**base.model, "base": 8} and cfg.steps == 3
+    assert cfg.size_weights == (1.0, 1.0)  # sizes without weights: equal weights
+    with pytest.raises(ValueError, match="need objective spd"):
+        recipe_config("flow", spd_mix=(1.0, 0.0, 0.0))
+    with pytest.raises(ValueError, match="does not apply to objective spd"):
+        recipe_config("spd", model_config={"base": 8})

@@ -1,15 +1,18 @@
 """``specdiff train | sample | bench | demo``: the embedded pixel-space models.
 
 Thin layer: parse, call :mod:`specdiff.training`, :mod:`specdiff.models`,
-:mod:`specdiff.bench`, print. See docs/embedded-model.md.
+:mod:`specdiff.analysis` (bench, generate), print. See docs/embedded-model.md.
 """
 
 from __future__ import annotations
 
 import shlex
 import sys
+import time
 from pathlib import Path
 
+from ..analysis.methods import ALL_METHODS, SPD_DELTAS
+from ..training.objectives import objective_names
 from ._args import floats as _floats
 from ._args import ints as _ints
 from ._args import json_object as _json_obj
@@ -39,7 +42,7 @@ def register(sub) -> None:
                    help="training-time resolution shift: size-S crops use shift S/N (default 64; 0 off)")
     p.add_argument("--init", default=None,
                    help="start from this model (shipped name or checkpoint path); its config is used")
-    p.add_argument("--objective", default="flow", choices=("flow", "spd"),
+    p.add_argument("--objective", default="flow", choices=objective_names(),
                    help="'flow': data targets; 'spd': SPD fine-tuning of --init on the states the "
                    "progressive sampler visits, the --init model as frozen teacher")
     p.add_argument("--spd-scales", type=_floats, default=None,
@@ -85,13 +88,12 @@ def register(sub) -> None:
     p.add_argument("--n", type=int, default=16, help="images per method (quality metrics)")
     p.add_argument("--repeats", type=int, default=3, help="timing repeats per method")
     p.add_argument("--time-batch", type=int, default=4, help="batch size of a timing repeat")
-    p.add_argument("--deltas", type=_floats, default=(0.01, 0.05, 0.1, 0.2), help="SPD deltas")
+    p.add_argument("--deltas", type=_floats, default=SPD_DELTAS, help="SPD deltas")
     p.add_argument("--continuation", default="keep,respace",
                    help="SPD steps after a switch: 'keep' (the paper's rule: keep the grid, one "
                    "long step) and/or 'respace' (spread the remaining steps evenly)")
     p.add_argument("--methods", default=None,
-                   help="comma-separated subset: baseline,matched,spd,spd3,optimal,pyramidal,"
-                   "bottleneck,cascade")
+                   help=f"comma-separated subset: {','.join(ALL_METHODS)}")
     p.add_argument("--n-real", type=int, default=256, help="held-out real crops for SWD/RAPSD")
     p.add_argument("--fd-model", default=None,
                    help="local Inception/CLIP model (TorchScript file or HF folder) for Frechet "
@@ -132,45 +134,19 @@ def _model_args(p, default_model="unet", allow_gaussian=False) -> None:
 
 
 def cmd_train(args) -> int:
-    from dataclasses import replace
-
-    from ..models.config import config_from_dict
-    from ..training.loop import default_config, spd_finetune_config, train
+    from ..training.config import recipe_config
+    from ..training.loop import train
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    if args.objective == "spd":
-        if args.model_config:
-            raise ValueError("--model-config does not apply to --objective spd: the model is --init's")
-        cfg = spd_finetune_config(args.init or "unet-base")
-        model = cfg.model
-    else:
-        cfg = default_config(args.model)
-        model = dict(cfg.model)
-        model.update(args.model_config)
-        config_from_dict(model)
-        if args.init:
-            from ..models import checkpoint_path
-            from ..models.checkpoint import read_checkpoint
-            from ..models.config import config_to_dict
-
-            model = config_to_dict(read_checkpoint(checkpoint_path(args.init))[1])
-            cfg = replace(cfg, init=str(args.init))
-    over = {k: v for k, v in {
-        "steps": args.steps, "sizes": args.sizes, "size_weights": args.size_weights,
-        "pixels": args.pixels, "lr": args.lr, "shift_size": args.shift_size, "seed": args.seed,
-        "window": args.window, "spd_scales": args.spd_scales, "spd_mix": args.spd_mix,
-        "spd_delta": args.spd_delta,
-        "checkpoint_every": args.checkpoint_every, "log_every": args.log_every,
-    }.items() if v is not None}
-    if args.sizes is not None and args.size_weights is None:
-        over["size_weights"] = tuple(1.0 for _ in args.sizes)
-    if args.objective == "flow" and (args.spd_scales or args.spd_mix or args.spd_delta):
-        raise ValueError("--spd-scales, --spd-mix and --spd-delta need --objective spd")
-    data = {} if args.objective == "spd" and args.data == "skimage" else {"data": str(args.data)}
-    cfg = replace(cfg, model=model, **data, **over).validate()
+    cfg = recipe_config(
+        args.objective, model=args.model, model_config=args.model_config, init=args.init,
+        data=args.data, steps=args.steps, sizes=args.sizes, size_weights=args.size_weights,
+        pixels=args.pixels, lr=args.lr, shift_size=args.shift_size, seed=args.seed,
+        window=args.window, spd_scales=args.spd_scales, spd_mix=args.spd_mix,
+        spd_delta=args.spd_delta, checkpoint_every=args.checkpoint_every, log_every=args.log_every)
     command = "specdiff " + " ".join(shlex.quote(a) for a in sys.argv[1:]) \
         if Path(sys.argv[0]).name in ("specdiff", "__main__.py") else None
     res = train(cfg, args.out, resume=not args.no_resume, stop_after=args.stop_after,
@@ -193,22 +169,57 @@ def _threads(args) -> None:
 
 
 def cmd_sample(args) -> int:
-    from ..bench import run_sample
+    from ..analysis.generate import SampleConfig, generate
 
     _threads(args)
-    run_sample(args)
+    cfg = SampleConfig(model=args.model, size=tuple(args.size), steps=args.steps, shift=args.shift,
+                       solver=args.solver, n=args.n, scales=tuple(args.scales), delta=args.delta,
+                       transition=args.transition, continuation=args.continuation, seed=args.seed)
+    info = generate(cfg, args.out, progress=not args.quiet)
+    print(f"{cfg.n} images in {info['seconds']:.1f} s ({info['plan']}); wrote {args.out}/grid.png "
+          f"and {cfg.n} PNGs (image i uses seed {cfg.seed}+i)")
     return 0
 
 
-def cmd_bench(args) -> int:
-    from ..bench import run_bench_cli
+def _bench_config(args):
+    from ..analysis.bench import BenchConfig
 
-    run_bench_cli(args)
+    methods = tuple(m.strip() for m in args.methods.split(",")) if args.methods else ALL_METHODS
+    return BenchConfig(model=args.model, size=tuple(args.size), steps=args.steps, shift=args.shift,
+                       solver=args.solver, n=args.n, time_batch=args.time_batch,
+                       repeats=args.repeats, deltas=tuple(args.deltas), methods=methods,
+                       continuations=tuple(c.strip() for c in args.continuation.split(",")),
+                       n_real=args.n_real, seed=args.seed, fd_model=args.fd_model,
+                       threads=args.threads)
+
+
+def cmd_bench(args) -> int:
+    from ..analysis.bench import markdown_table, run_bench
+
+    t0 = time.perf_counter()
+    res = run_bench(_bench_config(args), args.out, progress=not args.quiet)
+    print(markdown_table(res))
+    print(f"wrote {args.out}/results.md, results.json, pareto.png, grid.png (rows: methods, "
+          f"columns: seeds), spectrum.png in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
 def cmd_demo(args) -> int:
-    from ..bench import run_demo
+    from ..analysis.bench import demo_config, markdown_table, run_bench
 
-    run_demo(args)
+    cfg = demo_config(model=args.model, size=tuple(args.size), steps=args.steps, n=args.n,
+                      time_batch=args.time_batch, n_real=args.n_real, seed=args.seed,
+                      threads=args.threads)
+    t0 = time.perf_counter()
+    print(f"specdiff demo: {cfg.model} at {cfg.size[0]}x{cfg.size[1]}, {cfg.steps} Euler steps, "
+          f"{cfg.n} seeds; full-resolution baseline vs SPD (scales 0.5,1, delta 0.05) from the "
+          "same noise")
+    res = run_bench(cfg, args.out, progress=True)
+    print(markdown_table(res))
+    r = res["rows"][1]
+    print(f"SPD: {r['speedup']:.2f}x faster in wall-clock ({r['flop_ratio']:.2f}x fewer FLOPs), "
+          f"SWD {100 * r['swd_vs_baseline']:+.1f}% vs baseline, PSNR {r['psnr_vs_baseline']:.1f} dB "
+          f"/ SSIM {r['ssim_vs_baseline']:.3f} against the baseline image from the same seed.")
+    print(f"images: {args.out}/grid.png (top: baseline, bottom: SPD), spectra: "
+          f"{args.out}/spectrum.png; {time.perf_counter() - t0:.0f} s")
     return 0

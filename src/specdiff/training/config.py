@@ -144,3 +144,43 @@ def spd_finetune_config(init: str = "unet-base", **overrides) -> TrainConfig:
 
 
 __all__ = ["TrainConfig", "default_config", "spd_finetune_config"]
+
+
+def recipe_config(objective: str = "flow", *, model: str = "unet", model_config: dict | None = None,
+                  init: str | None = None, data: str | None = None, **overrides) -> TrainConfig:
+    """The :class:`TrainConfig` that ``specdiff train`` runs, from plain values (validated).
+
+    ``objective="flow"``: :func:`default_config` for ``model`` with ``model_config``
+    merged into its architecture, or ``init``'s architecture when fine-tuning from a
+    checkpoint. ``objective="spd"``: :func:`spd_finetune_config` of ``init`` (default
+    ``"unet-base"``); the architecture is ``init``'s, so ``model_config`` is refused.
+    ``overrides`` are TrainConfig fields (``None`` values are ignored); giving ``sizes``
+    without ``size_weights`` weighs the sizes equally. ``data`` defaults to the
+    recipe's own (the shipped photos).
+    """
+    from ..models import checkpoint_path
+    from ..models.checkpoint import read_checkpoint
+
+    over = {k: v for k, v in overrides.items() if v is not None}
+    if objective == "spd":
+        if model_config:
+            raise ValueError("model_config (--model-config) does not apply to objective spd: the "
+                             "architecture is init's")
+        cfg = spd_finetune_config(init or "unet-base")
+        arch = cfg.model
+    else:
+        spd_only = [k for k in ("spd_scales", "spd_mix", "spd_delta") if over.get(k)]
+        if spd_only:
+            raise ValueError(f"{', '.join(spd_only)} (--spd-*) need objective spd (--objective spd)")
+        cfg = default_config(model)
+        arch = dict(cfg.model)
+        arch.update(model_config or {})
+        config_from_dict(arch)
+        if init:
+            arch = config_to_dict(read_checkpoint(checkpoint_path(init))[1])
+            cfg = replace(cfg, init=str(init))
+    if over.get("sizes") is not None and over.get("size_weights") is None:
+        over["size_weights"] = tuple(1.0 for _ in over["sizes"])
+    if data is not None and not (objective == "spd" and data == "skimage"):
+        over["data"] = str(data)
+    return replace(cfg, model=arch, objective=objective, **over).validate()
