@@ -66,6 +66,29 @@ def test_batch_independence_with_per_sample_generators(coupled, images):
     assert torch.allclose(out[1:2], one, atol=1e-6)
 
 
+@pytest.mark.parametrize("scales", [(1.0,), (0.5, 1.0)], ids=["one-stage", "spd"])
+def test_embedded_unet_sample_is_batch_independent_to_1e5(scales):
+    # Sample i of a batch with per-sample generators gets exactly the noise it gets alone,
+    # but the network's batched kernels (convolutions, attention, group norm over a batch
+    # of 3 vs 1) round differently, so the outputs agree to float rounding, not bitwise:
+    # the documented promise is "to within 1e-5", and this is where it is checked.
+    from specdiff import models
+
+    torch.set_num_threads(1)
+    model = models.load("unet")
+    grid = (32, 32)
+    A, beta = model.spectrum(32)
+    times = model.times(4, grid)
+    plan = (full_plan(times, grid) if scales == (1.0,) else
+            spd_plan(times, grid, scales, A=A, beta=beta, delta=0.05, multiple=8))
+    assert len(plan.stages) == len(scales)
+    out = sample(model, plan, generator=[gen(10 + i) for i in range(3)], channels=3,
+                 batch_size=3)
+    one = sample(model, plan, generator=[gen(11)], channels=3, batch_size=1)
+    assert out.shape == (3, 3, 32, 32) and torch.isfinite(out).all()
+    assert (out[1:2] - one).abs().max() <= 1e-5
+
+
 def test_seed_coupling_progressive_approaches_full_as_switch_moves_to_one():
     den = GaussianField(FLUX.A, FLUX.beta, (16, 16)).denoiser
     times = flow_times(10, 1.0)

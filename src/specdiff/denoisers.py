@@ -19,6 +19,7 @@ A VP state ``a x0 + s eps`` is the flow state ``x_vp / (a + s)`` at
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,36 @@ __all__ = [
     "ve_to_flow",
     "flow_to_ve",
 ]
+
+
+def check_call(x, t) -> torch.Tensor:
+    """``t`` as a denoiser call takes it, checked against ``x`` before the network runs.
+
+    A number becomes a ``(B,)`` tensor of ``x``'s dtype (as the solvers pass it); a float
+    tensor of shape ``()`` or ``(1,)`` is expanded to ``(B,)`` (same values: the network
+    always sees one time per sample) and a ``(B,)`` one is returned as it is. Anything else (a
+    string, ``None``, an integer tensor, ``(B, 1)``, another length, values outside
+    ``[0, 1]``) is a ``ValueError``: the network would otherwise run first and fail with a
+    ``TypeError``, broadcast a wrong batch, or extrapolate silently (``t = 5``).
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim < 2 or not x.is_floating_point():
+        raise ValueError(f"x must be a (B, C, *grid) float tensor, got "
+                         f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}"
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else ''}")
+    b = x.shape[0]
+    if isinstance(t, numbers.Real) and not isinstance(t, bool):
+        t = torch.full((b,), float(t), dtype=x.dtype, device=x.device)
+    elif not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        raise ValueError(f"t must be a float or a (B,) float tensor of flow times in [0, 1] "
+                         f"(B = {b}), got {t.dtype if isinstance(t, torch.Tensor) else repr(t)}")
+    elif t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, b)):
+        raise ValueError(f"t must be a float or a (B,) tensor for a batch of B = {b}, got shape "
+                         f"{tuple(t.shape)}; pass one time per sample (t.flatten() for (B, 1))")
+    # one reduction over B values (NaN fails both comparisons)
+    if not bool(((t >= 0) & (t <= 1)).all()):
+        raise ValueError(f"t must lie in [0, 1] (flow time, 1 is pure noise), got "
+                         f"{t.flatten()[:8].tolist()}")
+    return t if t.ndim == 1 and t.shape[0] == b else t.reshape(-1).expand(b)
 
 
 def vp_to_flow(x_vp: torch.Tensor, a, s):
@@ -81,6 +112,7 @@ class FlowDenoiser:
         self.dtype = dtype
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
+        t = check_call(x, t)
         dt = self.dtype or x.dtype
         out = self.model(x.to(dt), (t * self.time_scale).to(dt), **cond).to(x.dtype)
         if self.prediction == "x0":
@@ -142,6 +174,7 @@ class VPDenoiser:
         return (idx - 1).to(torch.float64) + w
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond: Any) -> torch.Tensor:
+        t = check_call(x, t)
         tb = broadcast_time(t, x)
         timestep = self.timestep_of(t).to(device=x.device)
         sigma = tb / (1 - tb)

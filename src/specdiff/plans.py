@@ -71,9 +71,23 @@ def get_spectrum(spec: str | PowerSpectrum | tuple[float, float]) -> PowerSpectr
     return PowerSpectrum(float(A), float(beta))
 
 
+def _as_number(value, name: str) -> float:
+    """``float(value)`` for a real number; ``ValueError`` naming ``name`` otherwise.
+
+    ``float()`` alone would accept a string (``'0.05'``) and bools, and fail with a
+    ``TypeError`` on ``None``."""
+    if not isinstance(value, str | bytes | bool) and value is not None:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+
+
 def _check_delta(delta: float) -> None:
-    if not (0 < delta < 1):
-        raise ValueError(f"delta (noise-dominated tolerance) must lie in (0, 1), got {delta}")
+    if not (0 < _as_number(delta, "delta") < 1):
+        raise ValueError(f"delta (noise-dominated tolerance) must lie in (0, 1), e.g. 0.05; "
+                         f"got {delta}")
 
 
 def activation_time(P: float, delta: float = 0.01) -> float:
@@ -111,9 +125,25 @@ def spd_transition_time(A: float, beta: float, scale: float, min_side: int,
 # ---------------------------------------------------------------------------
 
 
-def _check_steps(num_steps: int) -> None:
-    if int(num_steps) != num_steps or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
+#: The most steps a time grid may have: far above what any sampler uses (10-1000),
+#: far below what exhausts memory (10^8 steps build tens of GB of plan).
+MAX_STEPS = 10_000
+
+
+def check_steps(num_steps: int, name: str = "num_steps") -> int:
+    """``num_steps`` as an ``int``; ``ValueError`` naming ``name`` unless it is a whole
+    number in ``[1, MAX_STEPS]``."""
+    try:
+        whole = not isinstance(num_steps, str | bytes | bool) and int(num_steps) == num_steps
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole or num_steps < 1:
+        raise ValueError(f"{name} must be a positive whole number of steps such as 50, got "
+                         f"{num_steps!r}")
+    if num_steps > MAX_STEPS:
+        raise ValueError(f"{name} must be at most {MAX_STEPS} (specdiff.plans.MAX_STEPS; no "
+                         f"sampler uses more), got {num_steps}")
+    return int(num_steps)
 
 
 def flow_times(num_steps: int, shift: float = 1.0) -> torch.Tensor:
@@ -121,8 +151,8 @@ def flow_times(num_steps: int, shift: float = 1.0) -> torch.Tensor:
 
     Returns a float64 ``(num_steps + 1,)`` descending tensor from 1 to 0.
     """
-    _check_steps(num_steps)
-    if not shift > 0:
+    check_steps(num_steps)
+    if not _as_number(shift, "shift") > 0:
         raise ValueError(f"shift must be positive, got {shift}")
     u = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
     return resolution_shift(u, shift)
@@ -141,9 +171,19 @@ def flux_times(num_steps: int, seq_len: int, *, mu: float | None = None) -> torc
     ``sigma' = e^mu / (e^mu + 1/sigma - 1)`` with ``mu = flux_mu(seq_len)`` from the
     *full-resolution* packed token count (4096 at 1024^2, mu = 1.15).
     """
-    _check_steps(num_steps)
+    check_steps(num_steps)
+    try:
+        tokens_ok = not isinstance(seq_len, bool) and int(seq_len) == seq_len and seq_len >= 1
+    except (TypeError, ValueError, OverflowError):
+        tokens_ok = False
+    if not tokens_ok:
+        # mu is linear in seq_len: 0 or a negative count gives a shift but a meaningless one
+        raise ValueError(f"seq_len must be the positive packed token count of the full-resolution "
+                         f"latent (4096 at 1024x1024), got {seq_len!r}")
     if mu is None:
         mu = flux_mu(seq_len)
+    elif not math.isfinite(_as_number(mu, "mu")):
+        raise ValueError(f"mu must be a finite number, got {mu}")
     s = torch.linspace(1.0, 1.0 / num_steps, num_steps, dtype=torch.float64)
     em = math.exp(mu)
     s = em / (em + (1.0 / s - 1.0))
@@ -157,7 +197,7 @@ def wan_times(num_steps: int, shift: float = 5.0) -> torch.Tensor:
     (it also nudges the first sigma by -1e-6, omitted here). Shift 5.0 is the
     SPD reference runs' 720p setting, 3.0 the 480p default.
     """
-    _check_steps(num_steps)
+    check_steps(num_steps)
     u = torch.linspace(1.0, 1.0 / 1000, num_steps + 1, dtype=torch.float64)[:-1]
     return torch.cat([resolution_shift(u, shift), u.new_zeros(1)])
 
@@ -181,7 +221,7 @@ def respace(reference, t_start: float, t_end: float, num_steps: int) -> list[flo
     the positions of ``t_start`` and ``t_end``. Pass a number instead of a grid
     to use the SD3 shift profile with that shift.
     """
-    _check_steps(num_steps)
+    check_steps(num_steps)
     if not (0 <= t_end < t_start <= 1):
         raise ValueError(f"need 1 >= t_start > t_end >= 0, got {t_start}, {t_end}")
     if isinstance(reference, int | float):
@@ -535,7 +575,15 @@ def _as_grid(grid) -> tuple[int, ...]:
 
 
 def _check_scales(scales) -> tuple[float, ...]:
-    s = tuple(float(v) for v in scales)
+    try:
+        items = None if isinstance(scales, str | bytes) else list(scales)
+    except TypeError:
+        items = None
+    if items is None:
+        # a bare 0.5 would fail with a TypeError and a string would be read digit by digit
+        raise ValueError(f"scales must be a sequence of numbers increasing to 1.0 such as "
+                         f"(0.5, 1.0), got {type(scales).__name__} {scales!r}")
+    s = tuple(_as_number(v, "each of scales") for v in items)
     if not s or abs(s[-1] - 1.0) > 1e-9:
         raise ValueError(f"scales must end at 1.0 (the full grid), got {scales}")
     if any(v <= 0 for v in s) or any(b <= a for a, b in zip(s, s[1:])):
@@ -668,23 +716,43 @@ def spd_switch_times(grid, scales, spectrum, delta: float = 0.01, *, multiple: i
     """SPD transition time out of each coarse stage (paper Eq. 10), from the actual grids."""
     spec = get_spectrum(spectrum)
     grids = stage_grids(grid, scales, multiple=multiple, axes=axes)
-    deltas = _per_transition(delta, len(grids) - 1, "delta")
-    for d in deltas:
-        _check_delta(d)
+    deltas = check_delta(delta, len(grids) - 1)
     full_min = min(_as_grid(grid)[-axes:]) if axes >= 2 else _as_grid(grid)[-1]
     out = []
-    for g, d in zip(grids[:-1], deltas, strict=True):
+    for s, g, d in zip(_check_scales(scales)[:-1], grids[:-1], deltas, strict=True):
         w = min(g[-axes:]) / 2.0
         if full_min < 2:
             raise ValueError("grid too small for SPD")
+        if min(g[-axes:]) < 2:
+            # a 1-pixel side has no frequency band to hand over: Eq. 10 is meaningless there
+            raise ValueError(
+                f"scales: scale {s:g} gives the stage grid {g} on {tuple(grid)}, whose smaller "
+                f"side is below 2; use scales of at least {2 / full_min:.3g} on this grid")
         out.append(activation_time(spec(w), d))
     return out
 
 
+def check_delta(delta, n: int) -> list[float]:
+    """SPD's ``delta`` as one float per transition (``n`` of them), each in (0, 1);
+    ``ValueError`` naming ``delta`` otherwise (``None``, a string, a wrong count)."""
+    deltas = _per_transition(delta, n, "delta")
+    for d in deltas:
+        _check_delta(d)
+    return deltas
+
+
 def _per_transition(value, n, what):
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and not isinstance(value, bool):
         return [float(value)] * n
-    v = [float(x) for x in value]
+    try:
+        # a string is a sequence too: '0.05' would be read character by character
+        items = None if isinstance(value, str | bytes) else list(value)
+    except TypeError:
+        items = None
+    if items is None:
+        raise ValueError(f"{what} must be a number or one number per transition ({n}), got "
+                         f"{type(value).__name__} {value!r}")
+    v = [_as_number(x, what) for x in items]
     if len(v) != n:
         raise ValueError(f"need one {what} per transition ({n}), got {len(v)}")
     return v

@@ -15,6 +15,8 @@ transitions move to ``t = 1``. ``coupled=False`` draws fresh noise from
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .plans import DEFAULT_MODEL, Plan
 from .solvers import StepInfo, call_denoiser, get_solver
-from .spectral import Generator, make_noise, project_noise
+from .spectral import Generator, check_generator, make_noise, project_noise
 from .transitions import Transition, as_transition
 
 __all__ = ["sample", "coupling_basis"]
@@ -42,6 +44,42 @@ def _check_plan(plan) -> Plan:
             "plan must be a specdiff.plans.Plan (build one with full_plan, spd_plan, ...)"
         )
     return plan
+
+
+def _check_count(value, name: str, what: str) -> int:
+    """``value`` as a positive int (bools and whole-valued floats are not counts here)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1:
+        return int(value)
+    raise ValueError(f"{name} must be a positive integer ({what}), got "
+                     f"{type(value).__name__} {value!r}")
+
+
+def _check_sample_args(generator, batch_size, channels, eta) -> None:
+    """The arguments ``sample`` takes as plain values, checked before any work: each would
+    otherwise fail deep inside torch (an int generator, a negative batch) or, like a negative
+    ``eta``, not fail at all."""
+    check_generator(generator)
+    _check_count(batch_size, "batch_size", "samples to draw when noise= is omitted")
+    if channels is not None:
+        _check_count(channels, "channels", "the model's input channels, e.g. 3 or 16")
+    ok = isinstance(eta, numbers.Real) and not isinstance(eta, bool)
+    if not ok or not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"eta must be a number >= 0 (0 is deterministic, 1 ancestral), got "
+                         f"{type(eta).__name__} {eta!r}")
+
+
+def _check_noise(noise, full) -> None:
+    if not isinstance(noise, torch.Tensor) or tuple(noise.shape[2:]) != tuple(full):
+        raise ValueError(
+            f"noise must be (B, C, *{tuple(full)}) to match the plan's full grid, got "
+            f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise)}"
+        )
+    if not noise.is_floating_point():
+        # an integer noise tensor would be cast to float silently: quantised, not Gaussian
+        raise ValueError(f"noise must be a float tensor (white N(0, 1), e.g. torch.randn), got "
+                         f"{noise.dtype}")
+    if not torch.isfinite(noise).all():
+        raise ValueError("noise contains NaN or inf")
 
 
 def stage_denoisers(denoiser, plan: Plan) -> list:
@@ -104,14 +142,22 @@ def sample(
             returns a tensor of the same shape, that replaces ``x``.
         progress: show a progress bar.
         coupled: seed-coupled noise across stages (default) or fresh noise.
+        batch_size, channels: the noise shape ``(batch_size, channels, *grid)`` drawn
+            when ``noise`` is omitted (positive integers).
+        eta: the stochastic solver's noise level, a number >= 0 (0 is Euler, 1 ancestral).
 
     Returns:
         ``(B, C, *plan.full_grid)`` samples at ``t = 0`` in the noise's dtype
-        (float32 unless the noise is float64).
+        (float32 unless the noise is float64), not clamped: for the embedded models
+        approximately [-1, 1], overshooting by a few hundredths (seen: -1.023 to 1.010);
+        :func:`specdiff.images.save_png` clamps when it writes. With per-sample
+        generators, sample ``i`` gets the same noise whatever the batch and comes out the
+        same to within 1e-5 (batched kernels round differently).
     """
     plan = _check_plan(plan)
     dens = stage_denoisers(denoiser, plan)
     sv = get_solver(solver)
+    _check_sample_args(generator, batch_size, channels, eta)
     full = plan.full_grid
     if noise is None:
         if generator is None:
@@ -122,13 +168,7 @@ def sample(
         if channels is None:
             raise ValueError("channels= is needed to draw noise of shape (B, C, *grid)")
         noise = make_noise((batch_size, channels, *full), generator, device=device)
-    if not isinstance(noise, torch.Tensor) or tuple(noise.shape[2:]) != tuple(full):
-        raise ValueError(
-            f"noise must be (B, C, *{tuple(full)}) to match the plan's full grid, got "
-            f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise)}"
-        )
-    if not torch.isfinite(noise).all():
-        raise ValueError("noise contains NaN or inf")
+    _check_noise(noise, full)
     wd = torch.float64 if noise.dtype == torch.float64 else torch.float32
     noise = noise.to(dtype=wd, device=device if device is not None else noise.device)
     needs_gen = (not coupled and len(plan.stages) > 1) or not plan.carries_state or sv.stochastic

@@ -17,6 +17,8 @@ Truncation is the same formula with ``rho < 1``.
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -97,6 +99,10 @@ def fresh_noise(
     """
     shape = tuple(int(s) for s in shape)
     if noise is not None:
+        if not isinstance(noise, torch.Tensor) or not noise.is_floating_point():
+            # an integer or complex noise tensor would be cast silently (truncated or real part)
+            raise ValueError(f"noise must be a float tensor of shape {shape} (white N(0, 1)), got "
+                             f"{noise.dtype if isinstance(noise, torch.Tensor) else _describe(noise)}")
         if tuple(noise.shape) != shape:
             raise ValueError(f"noise must have the target shape {shape}, got {tuple(noise.shape)}")
         _check_finite(noise, "noise")
@@ -108,6 +114,55 @@ def fresh_noise(
             f"{what} at t > 0 needs fresh noise: pass noise= (white N(0, 1) of shape {shape}) "
             "or generator=")
     return torch.zeros(shape, dtype=dtype, device=device)
+
+
+def _describe(value) -> str:
+    """``type value`` for error messages, short even for a big object."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def check_generator(generator, name: str = "generator") -> None:
+    """Raise ``ValueError`` unless ``generator`` is ``None``, a ``torch.Generator`` or a
+    non-empty list/tuple of them (one per sample).
+
+    Checked before any work: an int seed would otherwise reach ``torch.randn`` and fail
+    there with an ``AttributeError``, possibly after a whole stage has run.
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if (isinstance(generator, list | tuple) and generator
+            and all(isinstance(g, torch.Generator) for g in generator)):
+        return
+    raise ValueError(
+        f"{name} must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), a list "
+        f"with one per sample, or None; got {_describe(generator)}")
+
+
+def as_size(value, name: str = "size") -> int:
+    """A grid size as an ``int``: integers and whole floats (``16.0``) pass; ``16.7``,
+    bools and strings raise ``ValueError`` (``int()`` would silently truncate them)."""
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    raise ValueError(f"{name} must be whole numbers (sizes such as 16 or 16.0), got "
+                     f"{_describe(value)}")
+
+
+def as_shape(shape, name: str = "shape") -> tuple[int, ...]:
+    """A target grid as a tuple of ints (see :func:`as_size`); one size per grid axis."""
+    try:
+        items = None if isinstance(shape, str | bytes) else list(shape)
+    except TypeError:
+        items = None
+    if items is None:
+        raise ValueError(f"{name} must be a sequence of sizes, one per grid axis (e.g. (32, 32)), "
+                         f"got {_describe(shape)}")
+    return tuple(as_size(s, name) for s in items)
 
 
 def make_noise(
@@ -126,6 +181,7 @@ def make_noise(
     gives the same noise in float32 and float64 runs.
     """
     shape = tuple(int(s) for s in shape)
+    check_generator(generator)
     if isinstance(generator, list | tuple):
         if len(generator) != shape[0]:
             raise ValueError(
@@ -154,7 +210,17 @@ def _check_finite(x: torch.Tensor, name: str = "x") -> None:
 
 
 def _check_time(t) -> None:
-    tt = t if isinstance(t, torch.Tensor) else torch.as_tensor(float(t))
+    if isinstance(t, torch.Tensor):
+        if not t.is_floating_point():
+            # integer/bool times would be cast to 0 or 1 without a word
+            raise ValueError(f"t must be a float or a float tensor in [0, 1], got a {t.dtype} "
+                             "tensor; pass t.double()")
+        tt = t
+    elif isinstance(t, numbers.Real) and not isinstance(t, bool):
+        tt = torch.as_tensor(float(t))
+    else:
+        # float('0.5') would accept a string here and fail later in the arithmetic
+        raise ValueError(f"t must be a float in [0, 1] or a (B,) float tensor, got {_describe(t)}")
     if not torch.isfinite(tt).all() or (tt < 0).any() or (tt > 1).any():
         raise ValueError(f"t must lie in [0, 1] (t=1 is pure noise), got {t}")
 
@@ -304,22 +370,39 @@ def _fft_truncate(x, dim, n_new):
 # ---------------------------------------------------------------------------
 
 
-def _validate_resize(x, t, shape, basis):
+def _grid_of(x, name: str = "x") -> tuple[int, ...]:
+    """The grid of a ``(B, C, *grid)`` float tensor; ``ValueError`` naming ``name`` otherwise."""
     if not isinstance(x, torch.Tensor):
-        raise ValueError("x must be a torch.Tensor of shape (B, C, *grid)")
+        raise ValueError(f"{name} must be a torch.Tensor of shape (B, C, *grid), got "
+                         f"{type(x).__name__}")
     if x.ndim < 3:
         raise ValueError(
-            f"x must have shape (B, C, *grid) with at least one grid axis, got {tuple(x.shape)}"
-        )
-    shape = tuple(int(s) for s in shape)
-    grid = tuple(x.shape[2:])
+            f"{name} must have shape (B, C, *grid) with at least one grid axis, got "
+            f"{tuple(x.shape)}")
+    if not x.is_floating_point():
+        # the result is cast back to x's dtype: an integer/bool x would come back truncated
+        # and a complex one would lose its imaginary part
+        raise ValueError(f"{name} must be a float tensor, got {x.dtype}; pass {name}.float() "
+                         f"(or {name}.real for a complex tensor)")
+    return tuple(x.shape[2:])
+
+
+def _target_shape(shape, grid: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` as a target grid for ``grid``: whole, positive, one size per grid axis."""
+    shape = as_shape(shape)
     if len(shape) != len(grid):
         raise ValueError(
-            f"target grid {shape} has {len(shape)} axes but x has grid {grid}; give one size "
-            "per grid axis (for video (T, H, W) keep T unchanged)"
+            f"target grid {shape} has {len(shape)} axes but the input has grid {grid}; give one "
+            "size per grid axis (for video (T, H, W) keep T unchanged)"
         )
     if any(s < 1 for s in shape):
         raise ValueError(f"target grid sizes must be positive, got {shape}")
+    return shape
+
+
+def _validate_resize(x, t, shape, basis):
+    grid = _grid_of(x, "x")
+    shape = _target_shape(shape, grid)
     if basis not in RESIZE_BASES:
         raise ValueError(f"basis must be one of {RESIZE_BASES}, got {basis!r}")
     if basis == "pyramid":
@@ -450,8 +533,8 @@ def project_noise(noise: torch.Tensor, shape: Sequence[int], basis: str = "dct")
     """
     if basis not in SPECTRAL_BASES:
         raise ValueError(f"basis must be one of {SPECTRAL_BASES}, got {basis!r}")
-    grid = tuple(noise.shape[2:])
-    shape = tuple(int(s) for s in shape)
+    grid = _grid_of(noise, "noise")
+    shape = _target_shape(shape, grid)
     if any(b > a for a, b in zip(grid, shape, strict=True)):
         raise ValueError(f"project_noise only shrinks: {grid} -> {shape}")
     # t = 1 makes kappa = 1 and t_new = 1: a pure orthonormal projection.
@@ -517,10 +600,8 @@ def upsample(x: torch.Tensor, shape: Sequence[int], mode: str = "bicubic") -> to
     """
     if mode not in UPSAMPLE_MODES:
         raise ValueError(f"mode must be one of {UPSAMPLE_MODES}, got {mode!r}")
-    shape = tuple(int(s) for s in shape)
-    grid = tuple(x.shape[2:])
-    if len(shape) != len(grid):
-        raise ValueError(f"target grid {shape} does not match the grid rank of {grid}")
+    grid = _grid_of(x, "x")
+    shape = _target_shape(shape, grid)
     if shape == grid:
         return x.clone()
     if mode in SPECTRAL_BASES:

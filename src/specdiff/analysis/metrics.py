@@ -1,7 +1,9 @@
 """Image-quality metrics that need no download (DESIGN.md section 9).
 
 All functions take image batches ``(N, C, H, W)`` (float, any range; pass
-``data_range`` where it matters; the embedded models use [-1, 1]).
+``data_range`` where it matters). The embedded models' samples are approximately
+[-1, 1] and not clamped (they overshoot by a few hundredths); the feature extractors
+below clamp to [-1, 1], the other metrics take the values as they are.
 
 - :func:`swd` / :class:`SlicedWasserstein`: multi-scale sliced Wasserstein
   distance of an image set to a reference set on 7x7 patches of their
@@ -35,10 +37,16 @@ __all__ = [
 ]
 
 
-def _check_images(x, name="images") -> torch.Tensor:
+def _check_images(x, name="images", *, min_n: int = 1) -> torch.Tensor:
+    """``x`` checked as an ``(N, C, H, W)`` finite batch; set metrics pass ``min_n=2``."""
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         raise ValueError(f"{name} must be a (N, C, H, W) tensor, got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if x.shape[0] < min_n:
+        # a distance between distributions needs samples of both: with one image SWD came
+        # out 0.0 and a covariance is undefined; say so rather than return a number
+        raise ValueError(f"{name} has {x.shape[0]} sample(s); this metric compares image sets and "
+                         f"needs at least {min_n} (use many: hundreds for a stable score)")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contain NaN or inf")
     return x
@@ -145,7 +153,7 @@ class SlicedWasserstein:
     def __init__(self, reference: torch.Tensor, *, patch: int = 7, patches_per_image: int = 128,
                  projections: int = 512, repeats: int = 4, min_size: int = 16, seed: int = 0,
                  max_quantiles: int = 4096):
-        ref = _check_images(reference, "reference")
+        ref = _check_images(reference, "reference", min_n=2)
         if min(ref.shape[-2:]) < max(patch, min_size):
             raise ValueError(
                 f"images of {tuple(ref.shape[-2:])} are too small for SWD (min {min_size})")
@@ -171,7 +179,7 @@ class SlicedWasserstein:
 
     def __call__(self, images: torch.Tensor) -> dict:
         """``{"levels": [per-level SWD, finest first], "mean": average, "sizes": [...]}``."""
-        x = _check_images(images, "images")
+        x = _check_images(images, "images", min_n=2)
         if tuple(x.shape[1:]) != self.shape:
             raise ValueError(f"images must have the reference's (C, H, W) {self.shape}, got "
                              f"{tuple(x.shape[1:])}")
@@ -196,7 +204,7 @@ def swd(a: torch.Tensor, b: torch.Tensor, **kwargs) -> dict:
     object once to score many sets against the same reference. Both sets need
     the same image size; their sizes may differ. ``swd(a, a) == 0`` exactly.
     """
-    a, b = _check_images(a, "a"), _check_images(b, "b")
+    a, b = _check_images(a, "a", min_n=2), _check_images(b, "b", min_n=2)
     if a.shape[1:] != b.shape[1:]:
         raise ValueError(f"both sets need the same (C, H, W), got {tuple(a.shape[1:])} and "
                          f"{tuple(b.shape[1:])}")
@@ -210,7 +218,7 @@ def swd(a: torch.Tensor, b: torch.Tensor, **kwargs) -> dict:
 
 def rapsd_distance(a: torch.Tensor, b: torch.Tensor, *, basis: str = "dct") -> float:
     """RMS over frequency of ``10 log10(P_a / P_b)`` in dB (RAPSD, DC excluded, mean removed)."""
-    a, b = _check_images(a, "a"), _check_images(b, "b")
+    a, b = _check_images(a, "a", min_n=2), _check_images(b, "b", min_n=2)
     if a.shape[-2:] != b.shape[-2:]:
         raise ValueError("rapsd_distance needs images of the same size")
     _, p = rapsd(a, basis=basis)
@@ -299,13 +307,20 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor,
                      *, batch_size: int = 32) -> float:
     """Frechet distance between the feature Gaussians of image sets ``a`` and ``b``.
 
-    ``extractor`` maps ``(B, 3, H, W)`` images in [-1, 1] to ``(B, D)``
-    features; a path is passed to :func:`load_feature_extractor`.
+    ``extractor`` maps ``(B, 3, H, W)`` images in approximately [-1, 1] (samples are
+    not clamped; the extractors of :func:`load_feature_extractor` clamp) to ``(B, D)``
+    features; a path is passed to :func:`load_feature_extractor`. Each set needs at
+    least two images (a covariance); hundreds for a stable score.
     """
+    # checked before any feature extraction: a covariance needs two samples per set
+    a, b = _check_images(a, "a", min_n=2), _check_images(b, "b", min_n=2)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer (images per extractor call), "
+                         f"got {batch_size!r}")
     if not callable(extractor):
         extractor = load_feature_extractor(extractor)
-    fa = _features(_check_images(a, "a"), extractor, batch_size)
-    fb = _features(_check_images(b, "b"), extractor, batch_size)
+    fa = _features(a, extractor, batch_size)
+    fb = _features(b, extractor, batch_size)
     return frechet_from_stats(*gaussian_stats(fa), *gaussian_stats(fb))
 
 
@@ -322,8 +337,8 @@ class TorchScriptExtractor:
     """A local TorchScript (or ``torch.export`` ``.pt2``) feature network, e.g. the FID
     Inception ``pt_inception-2015-12-05``.
 
-    Images in [-1, 1] are resized (bilinear) to ``size`` and mapped to
-    ``input_range`` before the call; extra keyword arguments (such as
+    Images in approximately [-1, 1] are clamped to it, resized (bilinear) to ``size``
+    and mapped to ``input_range`` before the call; extra keyword arguments (such as
     ``return_features=True`` for the StyleGAN/clean-fid Inception) are passed
     through. Output is flattened to ``(B, D)``.
     """

@@ -38,9 +38,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..plans import Plan, full_plan, spd_plan, stage_grids
+from ..plans import Plan, check_delta, check_steps, full_plan, spd_plan, stage_grids
 from ..sampling import sample
-from ..spectral import project_noise, resize
+from ..spectral import check_generator, project_noise, resize
 from ..transitions import Spectral, Transition, as_transition
 from .families import find_adapter
 from .families.base import Interrupted
@@ -141,6 +141,7 @@ class SpectralPipeline:
         try:
             with torch.no_grad():
                 kw = self._bind(args, kwargs)
+                _check_call_args(kw, scales, delta)
                 ad = self._adapter_cls(pipe, kw, positions=positions, dry=True)
                 return self._make_plan(ad, scales, delta, spectrum, transition)
         finally:
@@ -232,6 +233,7 @@ class SpectralPipeline:
         saved = _snapshot(pipe)
         try:
             kw = self._bind(args, kwargs)
+            _check_call_args(kw, scales if plan is None else None, delta)
             ad = self._adapter_cls(pipe, kw, positions=positions)
             if plan is None:
                 plan = self._make_plan(ad, scales, delta, spectrum, transition)
@@ -294,6 +296,24 @@ class SpectralPipeline:
 
 
 # ----------------------------------------------------------------------
+def _check_call_args(kw: dict, scales, delta) -> None:
+    """The plain-value arguments of a call, checked before the adapter encodes a prompt or
+    draws noise (minutes for a real model): each would otherwise fail late, as a
+    ZeroDivisionError (0 steps), a TypeError (``scales=0.5``, ``delta=None``) or an
+    AttributeError (an int generator). ``scales=None`` skips the SPD ones (a plan is given)."""
+    steps = kw.get("num_inference_steps")
+    if steps is not None:
+        check_steps(steps, "num_inference_steps")
+    n_img = kw.get("num_images_per_prompt")
+    if n_img is not None and (isinstance(n_img, bool) or not isinstance(n_img, int) or n_img < 1):
+        raise ValueError(f"num_images_per_prompt must be a positive integer, got {n_img!r}")
+    check_generator(kw.get("generator"))
+    if scales is not None:
+        sc = _check_scales(scales)
+        if len(sc) > 1:
+            check_delta(delta, len(sc) - 1)
+
+
 def _check_scales(scales) -> tuple[float, ...]:
     try:
         sc = tuple(float(s) for s in scales)
