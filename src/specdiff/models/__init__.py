@@ -18,7 +18,8 @@ import torch
 
 from ..denoisers import FlowDenoiser
 from ..plans import flow_times
-from .checkpoint import load_state_checked, read_checkpoint, save_model
+from ..spectral import as_shape, as_size
+from .checkpoint import is_temp_file, load_state_checked, read_checkpoint, save_model
 from .config import DiTConfig, UNetConfig, config_from_dict, config_to_dict
 from .dit import DiT
 from .unet import UNet
@@ -100,6 +101,7 @@ class EmbeddedModel(FlowDenoiser):
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond) -> torch.Tensor:
         if cond:
             raise ValueError(f"the embedded models are unconditional; got cond keys {sorted(cond)}")
+        # FlowDenoiser.__call__ checks t (type, shape, [0, 1]) before the network runs
         with torch.no_grad():
             return super().__call__(x, t)
 
@@ -110,6 +112,10 @@ class EmbeddedModel(FlowDenoiser):
         ``(size / recorded)**2`` (the orthonormal-DCT convention of
         :class:`specdiff.testbeds.GaussianField`: ``N' / N`` times the power).
         """
+        size = as_size(size, "size")
+        if size < 1:
+            # log(size) below would divide by zero or leave the real line
+            raise ValueError(f"size must be a positive image side in pixels, e.g. 128; got {size}")
         spec = self.meta.get("spectrum") or {}
         if not spec:
             raise ValueError(
@@ -122,11 +128,30 @@ class EmbeddedModel(FlowDenoiser):
         return float(A) * (size / near) ** 2, float(beta)
 
     def times(self, num_steps: int, grid, shift: float | None = None) -> torch.Tensor:
+        g = as_shape(grid, "grid")
+        if len(g) < 2 or min(g) < 1:
+            raise ValueError(f"grid must be the image's (..., H, W) with positive sizes, got {grid}")
         return default_times(num_steps, grid, shift)
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.net.parameters())
         return f"EmbeddedModel({self.config.kind}, {n / 1e6:.2f}M params, from {self.name!r})"
+
+
+def _folder_checkpoint(p: Path) -> Path:
+    """A folder's model file: ``model.safetensors``, else another ``.safetensors`` file, else
+    (a ``specdiff train`` run not finished yet) ``train_state.safetensors``, whose EMA weights
+    are the model. Hidden files and the temporary files of interrupted writes never count."""
+    cands = [p / "model.safetensors"] + sorted(p.glob("*.safetensors"))
+    cands = [c for c in cands if c.is_file() and not c.name.startswith((".", "train_state"))]
+    if cands:
+        return cands[0]
+    state = p / "train_state.safetensors"
+    if state.is_file():
+        return state
+    raise FileNotFoundError(f"no model .safetensors file in folder {p}; give a folder that holds "
+                            "model.safetensors or train_state.safetensors (a `specdiff train` "
+                            "--out folder)")
 
 
 def checkpoint_path(name_or_path: str | os.PathLike) -> Path:
@@ -142,22 +167,26 @@ def checkpoint_path(name_or_path: str | os.PathLike) -> Path:
         return p
     p = Path(s).expanduser()
     if p.is_dir():
-        cands = [p / "model.safetensors"] + sorted(p.glob("*.safetensors"))
-        cands = [c for c in cands if c.is_file() and not c.name.startswith("train_state")]
-        if not cands:
-            raise FileNotFoundError(f"no model .safetensors file in folder {p}")
-        return cands[0]
+        return _folder_checkpoint(p)
     if not p.exists():
         raise FileNotFoundError(
             f"no model named {s!r}: use one of {list(SHIPPED)} or a path to a .safetensors "
             "checkpoint or a `specdiff train` output folder"
         )
+    if is_temp_file(p):
+        raise ValueError(f"{p} is the temporary file of an interrupted checkpoint write, not a "
+                         "checkpoint; delete it and load the file without the '.tmp' name")
     return p
 
 
 def load(name_or_path: str | os.PathLike = "unet", *, device: str | torch.device = "cpu",
          verify: bool = True) -> EmbeddedModel:
     """Load a shipped model by name (``"unet"``, ``"dit"``) or a checkpoint path as a Denoiser.
+
+    A ``specdiff train`` folder loads its ``model.safetensors``, or mid-training (no
+    model yet) the EMA weights of its ``train_state.safetensors``. Every checkpoint's
+    recorded checksums are verified (``verify=False`` skips that); one with none loads
+    with a warning.
 
     Raises ``FileNotFoundError`` when nothing is there and ``ValueError`` with
     the reason (truncated, corrupt, checksum, config/tensor mismatch) otherwise.
