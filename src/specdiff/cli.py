@@ -19,8 +19,16 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``specdiff CMD: error: ...``, exit status 2) instead of
+    the usage block; ``--help`` still shows the usage. Sub-command parsers inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="specdiff",
         description="Spectral progressive sampling: faster diffusion by growing the grid "
         "as frequencies emerge.",

@@ -68,3 +68,54 @@ def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> None:
     fig.savefig(buf, format="png", **savefig_kwargs)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself or its closest ancestor that exists."""
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _check_creatable(p: Path, what: str, folder: Path) -> None:
+    """``folder`` (``p`` or ``p``'s folder) exists as a writable folder or can be created."""
+    base = _nearest_existing(folder.absolute())
+    if not base.is_dir():
+        raise ValueError(f"{what} {p} cannot be created: {base} is a file, not a folder; give "
+                         "another path")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {p} is not writable ({base} does not allow writing); give a "
+                         "path you can write to")
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Check, creating nothing, that ``path`` is or can become a writable folder.
+
+    Raises ``ValueError`` (naming ``what``, e.g. ``"--out"``) when ``path`` is a file,
+    lies under a file, or sits in a folder this process cannot write. Call it before any
+    work, so that a run never fails at its end for want of a place to write.
+    """
+    if not str(path).strip():
+        raise ValueError(f"{what} is empty; give a folder path")
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{what} {p} is a file, not a folder; give a folder path (or move the "
+                         "file away)")
+    _check_creatable(p, what, p)
+    return p
+
+
+def check_output_file(path: str | os.PathLike, what: str = "output file") -> Path:
+    """Check, creating nothing, that a file can be written at ``path``: not a folder, its
+    folder existing or creatable and writable, the file writable when it exists."""
+    if not str(path).strip():
+        raise ValueError(f"{what} is empty; give a file path")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ValueError(f"{what} {p} is a folder; give a file path such as {p / 'plot.png'}")
+    _check_creatable(p, what, p.parent)
+    if p.exists() and not os.access(p, os.W_OK):
+        raise ValueError(f"{what} {p} exists and is not writable; give another file path")
+    return p

@@ -28,15 +28,25 @@ Outputs in ``out``: ``results.md`` (the table), ``results.json``, ``pareto.png``
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import statistics
+import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..fileio import atomic_write_bytes, atomic_write_json, save_figure
+from ..fileio import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    check_output_dir,
+    save_figure,
+)
 from ..images import image_grid, save_png
 from ..plans import Plan, PowerSpectrum, measure_eval_cost, stage_grids
 from ..sampling import sample
@@ -44,6 +54,7 @@ from ..spectral import dct, idct, make_noise, rapsd
 from . import methods
 from . import metrics as M
 from .methods import ALL_METHODS
+from .schedule import check_deltas, check_steps
 
 __all__ = ["BenchConfig", "BenchModel", "run_bench", "build_plans", "markdown_table",
            "gaussian_reference", "load_bench_model", "seeded_noise", "demo_config", "ALL_METHODS"]
@@ -84,7 +95,17 @@ class BenchConfig:
             raise ValueError(f"n={self.n} must be a multiple of time_batch={self.time_batch}")
         if any(s < 16 for s in self.size):
             raise ValueError(f"size {self.size} is too small for the multi-scale SWD (>= 16)")
+        self._check_counts()
         return self
+
+    def _check_counts(self) -> None:
+        check_steps(self.steps)
+        check_deltas(self.deltas, "deltas (--deltas)")
+        if self.n_real < 2:
+            raise ValueError(f"n_real (--n-real) must be at least 2 held-out crops for SWD/RAPSD "
+                             f"(default 256), got {self.n_real}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be a positive number of CPU threads, got {self.threads}")
 
 
 # ---------------------------------------------------------------------------
@@ -146,11 +167,12 @@ def load_bench_model(name: str, size: tuple[int, int]) -> BenchModel:
 # ---------------------------------------------------------------------------
 
 
-def build_plans(cfg: BenchConfig, bm: BenchModel, flops: dict) -> list[Plan]:
+def build_plans(cfg: BenchConfig, bm: BenchModel, flops: dict, *,
+                progress: bool = False) -> list[Plan]:
     """The benchmark's plans (:mod:`specdiff.analysis.methods`, in ``cfg.methods``);
     ``flops`` maps grids to measured per-eval FLOPs (filled in here for the grids
     the plans use). A method this grid or step count cannot express is reported
-    and skipped."""
+    and skipped. ``progress``: status lines and the plan search's bar on stderr."""
     grid = tuple(cfg.size)
     s = methods.Setting(lambda n: bm.times(n, grid, cfg.shift), cfg.steps, grid,
                         PowerSpectrum(*bm.spectrum), bm.stage_multiple(grid))
@@ -162,13 +184,13 @@ def build_plans(cfg: BenchConfig, bm: BenchModel, flops: dict) -> list[Plan]:
                 for d in cfg.deltas:
                     progressive += _made(lambda k=key, d=d, c=cont: methods.spd(s, k, d, c))
     if "optimal" in want:
-        progressive += _optimal_plans(cfg, bm, s, flops)
+        progressive += _optimal_plans(cfg, bm, s, flops, progress)
     for key, make in (("pyramidal", methods.pyramidal), ("bottleneck", methods.bottleneck),
                       ("cascade", methods.cascade)):
         if key in want:
             progressive += _made(lambda make=make: make(s))
     plans = [methods.baseline(s), *progressive]
-    _measure(bm, flops, [st.grid for p in plans for st in p.stages])
+    _measure(bm, flops, [st.grid for p in plans for st in p.stages], progress)
     if "matched" in want:
         plans += _matched_plans(cfg, s, progressive, flops)
     return plans
@@ -182,10 +204,11 @@ def _made(make) -> list[Plan]:
         return []
 
 
-def _optimal_plans(cfg: BenchConfig, bm: BenchModel, s: methods.Setting, flops: dict) -> list[Plan]:
+def _optimal_plans(cfg: BenchConfig, bm: BenchModel, s: methods.Setting, flops: dict,
+                   progress: bool = False) -> list[Plan]:
     """The plan search with the measured FLOPs as its cost model, once per tolerance."""
     _measure(bm, flops, [stage_grids(s.grid, (v, 1.0), multiple=s.multiple)[0]
-                         for v in methods.optimal_scales(s)])
+                         for v in methods.optimal_scales(s)], progress)
 
     def cost(g, _f=flops):
         g = tuple(g)
@@ -194,9 +217,13 @@ def _optimal_plans(cfg: BenchConfig, bm: BenchModel, s: methods.Setting, flops: 
         return _f[g]
 
     out = []
-    for tol in cfg.optimal_tolerances:
+    for i, tol in enumerate(cfg.optimal_tolerances):
+        # the search is minutes of exact-W2 evaluations on the testbed: its own bar
+        _say(progress, f"optimal plan search {i + 1}/{len(cfg.optimal_tolerances)} "
+                       f"(tolerance {tol:g}): the candidates' bar, then ~10 s refining the best")
         out += _made(lambda tol=tol: methods.optimal(s, solver=cfg.solver, tolerance=tol,
-                                                     cost_model=cost, label=f"optimal tol={tol:g}"))
+                                                     cost_model=cost, label=f"optimal tol={tol:g}",
+                                                     progress=progress))
     return out
 
 
@@ -213,9 +240,11 @@ def _matched_plans(cfg: BenchConfig, s: methods.Setting, progressive, flops) -> 
     return out
 
 
-def _measure(bm: BenchModel, flops: dict, grids) -> None:
+def _measure(bm: BenchModel, flops: dict, grids, progress: bool = False) -> None:
     todo = sorted({tuple(g) for g in grids} - set(flops))
     if todo:
+        _say(progress, f"counting FLOPs per evaluation on {len(todo)} grid(s): "
+                       + ", ".join("x".join(map(str, g)) for g in todo))
         flops.update(measure_eval_cost(bm.denoiser, todo, bm.channels))
 
 
@@ -293,48 +322,128 @@ def seeded_noise(seed: int, channels: int, size, start: int, count: int):
     return noise, fresh
 
 
-def run_bench(cfg: BenchConfig, out: str | Path | None = None, *, progress: bool = True,
-              grid_cols: int = 8) -> dict:
-    """Run the benchmark; write the outputs to ``out`` (if given); return the results dict."""
-    from tqdm.auto import tqdm
+def _say(progress: bool, msg: str) -> None:
+    """One status line on stderr (stdout is the table), so no phase runs silently."""
+    if progress:
+        print(f"bench: {msg}", file=sys.stderr, flush=True)
 
+
+def run_bench(cfg: BenchConfig, out: str | Path | None = None, *, progress: bool = True,
+              grid_cols: int = 8, fresh: bool = False) -> dict:
+    """Run the benchmark; write the outputs to ``out`` (if given); return the results dict.
+
+    The work is split into ``repeats x (n / time_batch)`` units, one (repeat, batch)
+    each, every method sampled on that batch in turn. With ``out``, each finished
+    unit is saved at once in ``out/partial/`` (samples, timings, session id) with a
+    partial ``results.md``; a later call with the same config and ``out`` reuses the
+    finished units and runs only the rest, so its samples and quality numbers equal
+    an uninterrupted run's (the noise of image ``i`` depends on ``i`` alone:
+    :func:`seeded_noise`). A different config is refused (``ValueError``) unless
+    ``fresh=True``, which discards the partial work. ``partial/`` is removed once
+    the final outputs are written: ``results.json`` keeps every unit's timing and
+    session, and the samples were only kept to resume. ``progress``: every phase
+    reports on stderr (status lines, bars).
+    """
     cfg = cfg.validate()
+    if out is not None:
+        out = check_output_dir(out, "the output folder (--out)")
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    # the fingerprint is checked before any work, so a wrong --out fails at once
+    part = _Partial(out, _fingerprint(cfg), fresh=fresh) if out is not None else None
+    if part is not None and part.discarded:
+        _say(progress, f"--fresh: discarded the partial bench in {out / PARTIAL_DIR}")
+    _say(progress, f"loading model {cfg.model} ({cfg.size[0]}x{cfg.size[1]})")
     bm = load_bench_model(cfg.model, tuple(cfg.size))
+    _say(progress, "building the methods' plans")
     flops: dict = {}
-    plans = build_plans(cfg, bm, flops)
+    plans = build_plans(cfg, bm, flops, progress=progress)
+    _say(progress, f"{len(plans)} plans; {cfg.repeats} repeat(s) x {cfg.n // cfg.time_batch} "
+                   f"batch(es) of {cfg.time_batch} images, every plan on each")
     full_flops = flops[tuple(cfg.size)]
     results = [MethodResult(p.name,
                             " + ".join(f"{r['steps']}@{r['grid']}" for r in p.describe(cfg.solver)),
                             sum(p.evaluations(cfg.solver)), p.cost(flops, cfg.solver) * full_flops)
                for p in plans]
-    samples = [[] for _ in plans]
-    # warm-up: one call per grid (kernel selection, caches) so no method pays it in timing
-    with torch.no_grad():
-        for g in sorted({st.grid for p in plans for st in p.stages}):
-            bm.denoiser(torch.zeros(cfg.time_batch, bm.channels, *g),
-                        torch.full((cfg.time_batch,), 0.5))
-    batches = cfg.n // cfg.time_batch
-    total = cfg.repeats * batches * len(plans)
-    bar = tqdm(total=total, desc="bench", disable=not progress, leave=False)
-    for rep in range(cfg.repeats):
-        for b in range(batches):
-            noise, fresh = seeded_noise(cfg.seed, bm.channels, cfg.size, b * cfg.time_batch,
-                                        cfg.time_batch)
-            for k, p in enumerate(plans):
-                t0 = time.perf_counter()
-                x = sample(bm.denoiser, p, solver=cfg.solver, noise=noise, generator=fresh)
-                results[k].times.append(time.perf_counter() - t0)
-                if rep == 0:
-                    samples[k].append(x.float().clamp(-1, 1))
-                bar.update(1)
-    bar.close()
-    samples = [torch.cat(s) for s in samples]
+    # readable and unique (two sessions can start in the same second, in one process)
+    session = {"id": f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "threads": torch.get_num_threads(), "torch": torch.__version__}
+    units = [(rep, b) for rep in range(cfg.repeats) for b in range(cfg.n // cfg.time_batch)]
+    done: dict = {}  # (repeat, batch) -> {"session": id, "times": [s per plan]}
+    if part is not None:
+        part.bind(plans, session)
+        done = part.done()
+        if done:
+            _say(progress, f"resuming: {len(done)}/{len(units)} batches done (repeat x batch "
+                           f"units in {out / PARTIAL_DIR}); running the other "
+                           f"{len(units) - len(done)}")
+    samples = _run_units(cfg, bm, plans, results, units, done, session["id"], part, progress)
+    real, refs = _quality(cfg, bm, plans, results, samples, progress)
+    res = _summary(cfg, bm, plans, results, refs, flops)
+    res["timing"] = _timing_record(plans, units, done,
+                                   part.sessions if part else {session["id"]: session})
+    if out is not None:
+        _say(progress, f"writing {out}/results.md, results.json and figures")
+        write_outputs(out, res, plans, samples, real, cfg, grid_cols=grid_cols)
+        part.remove()
+    return res
 
-    # quality
+
+def _run_units(cfg: BenchConfig, bm: BenchModel, plans, results, units, done: dict,
+               session: str, part, progress: bool) -> list[torch.Tensor]:
+    """Sample the units not in ``done`` (adding them to it and saving each to ``part``);
+    set ``results``' times. Returns repeat 0's samples per plan, ``(n, C, H, W)``."""
+    from tqdm.auto import tqdm
+
+    todo = [u for u in units if u not in done]
+    samples: dict[int, list[torch.Tensor]] = {}  # batch -> per plan (time_batch, C, H, W)
+    if todo:
+        _warm_up(cfg, bm, plans, progress)
+    bar = tqdm(total=len(todo) * sum(p.steps for p in plans), desc="sampling", unit="step",
+               disable=not progress, leave=False)
+
+    def tick(_info):  # one tick per solver step: a 128^2 batch takes tens of seconds
+        bar.update(1)
+
+    for rep, b in todo:
+        noise, gens = seeded_noise(cfg.seed, bm.channels, cfg.size, b * cfg.time_batch,
+                                   cfg.time_batch)
+        times, xs = [], []
+        for k, p in enumerate(plans):
+            bar.set_postfix_str(f"batch {len(done) + 1}/{len(units)}, method {k + 1}/"
+                                f"{len(plans)}", refresh=False)
+            t0 = time.perf_counter()
+            x = sample(bm.denoiser, p, solver=cfg.solver, noise=noise, generator=gens,
+                       callback=tick if progress else None)
+            times.append(time.perf_counter() - t0)
+            if rep == 0:
+                xs.append(x.float().clamp(-1, 1))
+        done[(rep, b)] = {"session": session, "times": times}
+        if rep == 0:
+            samples[b] = xs
+        if part is not None:
+            part.add_unit(rep, b, done[(rep, b)], xs if rep == 0 else None)
+            _set_times(results, units, done)
+            atomic_write_text(part.dir.parent / "results.md",
+                              _partial_markdown(cfg, bm, results, units, done, part.sessions))
+    bar.close()
+    _set_times(results, units, done)
+    batches = cfg.n // cfg.time_batch
+    for b in range(batches):
+        if b not in samples:  # finished in an earlier session
+            samples[b] = part.samples(b, len(plans))
+    return [torch.cat([samples[b][k] for b in range(batches)]) for k in range(len(plans))]
+
+
+def _quality(cfg: BenchConfig, bm: BenchModel, plans, results, samples, progress: bool):
+    """Fill in ``results``' quality numbers; return the held-out crops and the reference
+    rows ``{name: (swd, lsd)}``."""
+    from tqdm.auto import tqdm
+
     from ..training.data import eval_crops
 
+    _say(progress, f"quality: {cfg.n_real} held-out real crops at {cfg.size[0]}x{cfg.size[1]}")
     real = eval_crops(cfg.n_real, min(cfg.size), source=bm.data, seed=1234, window=bm.window)
     if tuple(real.shape[-2:]) != tuple(cfg.size):
         real = torch.nn.functional.interpolate(real, size=cfg.size, mode="bilinear",
@@ -342,7 +451,8 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, *, progress: bool
     extractor = M.load_feature_extractor(cfg.fd_model) if cfg.fd_model else None
     ref_swd = M.SlicedWasserstein(real)
     base = samples[0]
-    for k, (r, x) in enumerate(zip(results, samples, strict=True)):
+    for k, (r, x) in enumerate(tqdm(list(zip(results, samples, strict=True)), desc="metrics",
+                                    unit="method", disable=not progress, leave=False)):
         s = ref_swd(x)
         r.swd, r.swd_levels = s["mean"], s["levels"]
         r.lsd = M.rapsd_distance(x, real)
@@ -353,6 +463,7 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, *, progress: bool
             r.fd = M.frechet_distance(x, real, extractor)
         if bm.field is not None and methods.has_closed_form(plans[k]):
             r.w2 = bm.field.w2(plans[k], cfg.solver)
+    _say(progress, "reference rows: other held-out crops, training crops, Gaussian field")
     refs = {}
     g = torch.Generator().manual_seed(cfg.seed + 777)
     other = eval_crops(cfg.n, min(cfg.size), source=bm.data, seed=4321, window=bm.window)
@@ -367,10 +478,205 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, *, progress: bool
         gauss = gaussian_reference(train_crops, cfg.n, g)
         refs["Gaussian field fitted to training crops (bar)"] = (
             ref_swd(gauss)["mean"], M.rapsd_distance(gauss, real))
-    res = _summary(cfg, bm, plans, results, refs, flops)
-    if out is not None:
-        write_outputs(Path(out), res, plans, samples, real, cfg, grid_cols=grid_cols)
-    return res
+    return real, refs
+
+
+def _warm_up(cfg: BenchConfig, bm: BenchModel, plans, progress: bool) -> None:
+    """One call per grid (kernel selection, caches) so that no method pays it in timing."""
+    from tqdm.auto import tqdm
+
+    with torch.no_grad():
+        for g in tqdm(sorted({st.grid for p in plans for st in p.stages}), desc="warm-up",
+                      unit="grid", disable=not progress, leave=False):
+            bm.denoiser(torch.zeros(cfg.time_batch, bm.channels, *g),
+                        torch.full((cfg.time_batch,), 0.5))
+
+
+def _set_times(results: list[MethodResult], units, done: dict) -> None:
+    # unit order (repeat-major), whichever session ran each unit
+    for k, r in enumerate(results):
+        r.times = [done[u]["times"][k] for u in units if u in done]
+
+
+def _timing_record(plans, units, done: dict, sessions: dict) -> dict:
+    """Per-unit wall-clock with the session that measured it (a resumed bench mixes them)."""
+    used = sorted({done[u]["session"] for u in units})
+    return {
+        "sessions": [{"id": s, **{k: v for k, v in sessions.get(s, {}).items() if k != "id"}}
+                     for s in used],
+        "units": [{"repeat": rep, "batch": b, "session": done[(rep, b)]["session"],
+                   "wall_s": {p.name: t for p, t in zip(plans, done[(rep, b)]["times"],
+                                                        strict=True)}}
+                  for rep, b in units],
+    }
+
+
+# ---------------------------------------------------------------------------
+# partial work: what lets a stopped bench resume
+# ---------------------------------------------------------------------------
+
+PARTIAL_DIR = "partial"
+PARTIAL_FORMAT = "specdiff-bench-partial-v1"
+
+
+def _fingerprint(cfg: BenchConfig) -> dict:
+    """What must match for finished units to be reused: the config, the model's weights,
+    torch and the thread count (any of them can change the samples' bits or the timings)."""
+    from ..models import checkpoint_path
+    from ..models.checkpoint import sha256_file
+
+    fp = json.loads(json.dumps(asdict(cfg)))
+    # a retrained checkpoint at the same path must not be mixed with the old one's samples
+    fp["model_sha256"] = None if cfg.model == "gaussian" else sha256_file(checkpoint_path(cfg.model))
+    fp["torch"] = torch.__version__
+    fp["torch_threads"] = torch.get_num_threads()
+    return fp
+
+
+def _plan_record(plans) -> list[dict]:
+    return [{"name": p.name, "stages": [{"grid": list(st.grid), "times": [float(t) for t in st.times]}
+                                        for st in p.stages]} for p in plans]
+
+
+class _Partial:
+    """``out/partial/``: ``state.json`` (format, fingerprint, plans, sessions, finished
+    units with their per-plan wall-clock) and ``batch_BBBB.safetensors`` (repeat 0's
+    samples of batch ``B``: key ``plan_KKK`` is plan ``K``'s ``(time_batch, C, H, W)``
+    float32 in [-1, 1]). A unit's samples are written before the state that lists it,
+    each file atomically, so a stop at any point leaves a consistent folder."""
+
+    def __init__(self, out: Path, fingerprint: dict, *, fresh: bool = False):
+        self.dir = Path(out) / PARTIAL_DIR
+        self.path = self.dir / "state.json"
+        self.discarded = fresh and self.dir.exists()
+        if self.discarded:
+            shutil.rmtree(self.dir)
+        self.state = {"format": PARTIAL_FORMAT, "fingerprint": fingerprint, "plans": None,
+                      "sessions": {}, "units": []}
+        if not self.path.is_file():
+            return
+        try:
+            st = json.loads(self.path.read_text())
+            ok = isinstance(st, dict) and st.get("format") == PARTIAL_FORMAT
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{self.path} is not a readable partial bench; use another --out, "
+                             "or --fresh to discard it")
+        diff = [f"{k}: {st['fingerprint'].get(k)!r} there, {v!r} now"
+                for k, v in fingerprint.items() if st["fingerprint"].get(k) != v]
+        if diff:
+            raise ValueError(f"{self.dir} holds an unfinished bench with another config "
+                             f"({'; '.join(diff[:3])}); use another --out, or --fresh to "
+                             "discard it")
+        self.state = st
+
+    @property
+    def sessions(self) -> dict:
+        return self.state["sessions"]
+
+    def bind(self, plans, session: dict) -> None:
+        """Check the plans against the recorded ones (the same config on changed code or
+        model metadata can build other plans) and register this session."""
+        rec = _plan_record(plans)
+        if self.state["plans"] is not None and self.state["plans"] != rec:
+            raise ValueError(f"{self.dir} holds an unfinished bench whose plans differ from "
+                             "this run's (the code or the model's metadata changed); use "
+                             "another --out, or --fresh to discard it")
+        self.state["plans"] = rec
+        self.sessions[session["id"]] = {k: v for k, v in session.items() if k != "id"}
+        self._write_state()
+
+    def done(self) -> dict:
+        """Finished units ``(repeat, batch) -> {"session", "times"}``; a repeat-0 unit whose
+        samples file is gone is dropped (it runs again)."""
+        out = {}
+        for u in self.state["units"]:
+            if u["repeat"] == 0 and not self._batch_file(u["batch"]).is_file():
+                continue
+            out[(u["repeat"], u["batch"])] = {"session": u["session"], "times": u["times"]}
+        return out
+
+    def add_unit(self, rep: int, b: int, unit: dict, xs: list[torch.Tensor] | None) -> None:
+        from ..models.checkpoint import atomic_save_safetensors
+
+        if xs is not None:
+            atomic_save_safetensors(self._batch_file(b), {f"plan_{k:03d}": x
+                                                          for k, x in enumerate(xs)},
+                                    {"format": PARTIAL_FORMAT})
+        self.state["units"] = [u for u in self.state["units"]
+                               if (u["repeat"], u["batch"]) != (rep, b)]
+        self.state["units"].append({"repeat": rep, "batch": b, **unit})
+        self._write_state()
+
+    def samples(self, b: int, n_plans: int) -> list[torch.Tensor]:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = self._batch_file(b)
+        try:
+            t = load_file(path)
+            return [t[f"plan_{k:03d}"] for k in range(n_plans)]
+        except (OSError, KeyError, SafetensorError) as e:
+            raise ValueError(f"{path} is unreadable ({e}); rerun with --fresh to start the "
+                             "bench over") from None
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _batch_file(self, b: int) -> Path:
+        return self.dir / f"batch_{b:04d}.safetensors"
+
+    def _write_state(self) -> None:
+        atomic_write_json(self.path, self.state)
+
+
+def _partial_markdown(cfg: BenchConfig, bm: BenchModel, results, units, done: dict,
+                      sessions: dict) -> str:
+    """``results.md`` while a bench runs: timing so far, which units are done, quality
+    pending (the final table replaces it)."""
+    base = results[0].median
+    lines = [
+        f"**Partial results**: {len(done)}/{len(units)} batches (repeat x batch units) done; "
+        "quality (SWD, RAPSD, PSNR, SSIM) is pending until all are. Rerun the same command to "
+        "resume (finished units are reused); the final table replaces this file. Other files "
+        "here (results.json, *.png), if any, are from an earlier finished run.",
+        "",
+        f"model `{bm.name}`, {cfg.size[0]}x{cfg.size[1]}, {cfg.steps} steps {cfg.solver}, "
+        f"n={cfg.n} seeds (batches of {cfg.time_batch}), {cfg.repeats} repeat(s)",
+        "",
+        "| method | stages (steps@grid) | wall s/batch median [min-max] so far | timed batches "
+        "| speed-up so far | SWD x1e3 | RAPSD dB | PSNR dB | SSIM |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        wall = (f"{r.median:.2f} [{min(r.times):.2f}-{max(r.times):.2f}]" if r.times else "-")
+        speed = f"{base / r.median:.2f}x" if r.times else "-"
+        lines.append(f"| {r.name} | {r.stages} | {wall} | {len(r.times)} | {speed} | pending "
+                     "| pending | pending | pending |")
+    lines.append("")
+    batches = cfg.n // cfg.time_batch
+    for rep in range(cfg.repeats):
+        got = [b for b in range(batches) if (rep, b) in done]
+        lines.append(f"- repeat {rep}: batches done {_ranges(got) or 'none'} of 0-{batches - 1} "
+                     "(every method)")
+    used = sorted({u["session"] for u in done.values()})
+    lines.append(f"- timings from {len(used)} session(s): "
+                 + ", ".join(f"{s} ({sum(u['session'] == s for u in done.values())} units, "
+                             f"{sessions.get(s, {}).get('threads', '?')} threads)" for s in used))
+    return "\n".join(lines) + "\n"
+
+
+def _ranges(xs: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    out, i = [], 0
+    while i < len(xs):
+        j = i
+        while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
+            j += 1
+        out.append(f"{xs[i]}" if i == j else f"{xs[i]}-{xs[j]}")
+        i = j + 1
+    return ", ".join(out)
 
 
 def _train_crops(data: str, n: int, size: int, seed: int, window: int) -> torch.Tensor:
@@ -421,6 +727,7 @@ def markdown_table(res: dict) -> str:
         f"{cfg['solver']}, n={cfg['n']} seeds (batches of {cfg['time_batch']}), "
         f"{res['threads']} thread(s); data spectrum A={res['spectrum']['A']:.3g}, "
         f"beta={res['spectrum']['beta']:.3g}",
+        *_sessions_note(res),
         "",
         "| method | stages (steps@grid) | wall s/batch median [min-max] | speed-up | FLOP ratio "
         "| speed-up / FLOP ratio | SWD x1e3 (vs baseline) | RAPSD dB | PSNR dB | SSIM |"
@@ -447,6 +754,16 @@ def markdown_table(res: dict) -> str:
         lines.append(f"| *reference: {k}* | - | - | - | - | - | {v['swd_x1e3']:.1f} | "
                      f"{v['rapsd_lsd_db']:.2f} | - | - |")
     return "\n".join(lines) + "\n"
+
+
+def _sessions_note(res: dict) -> list[str]:
+    sessions = res.get("timing", {}).get("sessions", [])
+    if len(sessions) < 2:
+        return []
+    return ["", f"timings come from {len(sessions)} sessions (a stopped bench resumed: each "
+            "unit keeps the wall-clock of the session that ran it, see results.json "
+            "`timing.units`): " + ", ".join(f"{s['id']} ({s.get('threads', '?')} threads)"
+                                           for s in sessions)]
 
 
 def _png(path: Path, fig) -> None:

@@ -13,12 +13,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, check_output_dir
 from ..images import image_grid, save_png
 from ..plans import Plan, full_plan, spd_plan
 from ..sampling import sample
 from ..transitions import Transition
 from .bench import load_bench_model, seeded_noise
+from .schedule import check_deltas, check_steps
 
 __all__ = ["SampleConfig", "sample_plan", "generate"]
 
@@ -42,8 +43,8 @@ class SampleConfig:
     def validate(self) -> SampleConfig:
         if self.n < 1:
             raise ValueError(f"n (images) must be >= 1, got {self.n}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        check_steps(self.steps)
+        check_deltas((self.delta,))
         return self
 
 
@@ -62,7 +63,7 @@ def generate(cfg: SampleConfig, out: str | Path, *, progress: bool = True) -> di
     """Sample ``cfg.n`` images; write ``{i:03d}_seed{seed+i}.png``, ``grid.png`` and
     ``sample.json`` (returned: model, plan, seconds, pixel cost relative to the baseline)."""
     cfg = cfg.validate()
-    out = Path(out)
+    out = check_output_dir(out, "the output folder (--out)")
     bm = load_bench_model(cfg.model, tuple(cfg.size))
     if bm.field is not None:
         raise ValueError("sample needs a trained model (unet, dit or a checkpoint path)")

@@ -12,9 +12,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..fileio import save_figure
-from ..plans import PowerSpectrum, get_spectrum, spd_plan, stage_grids
+from ..plans import MAX_STEPS, PowerSpectrum, check_steps, get_spectrum, spd_plan, stage_grids
 
-__all__ = ["schedule_row", "schedule_rows", "schedule_table", "snr_plot"]
+__all__ = ["MAX_STEPS", "check_steps", "check_deltas", "schedule_row", "schedule_rows",
+           "schedule_table", "snr_plot"]
+
+
+# check_steps and MAX_STEPS live in plans (every time grid checks them); re-exported here
+def check_deltas(deltas, what: str = "delta") -> tuple[float, ...]:
+    """SPD tolerances as floats, each in ``(0, 1)``; at least one."""
+    try:
+        ds = tuple(float(d) for d in deltas)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be numbers in (0, 1) such as 0.01,0.05, got {deltas!r}") \
+            from None
+    bad = [d for d in ds if not 0 < d < 1]
+    if not ds or bad:
+        raise ValueError(f"{what} (SPD noise-dominated tolerance) must lie in (0, 1), e.g. 0.05; "
+                         f"got {bad[0] if bad else 'none'}")
+    return ds
 
 
 def schedule_row(times, grid: Sequence[int], scales: Sequence[float], spectrum, delta: float, *,

@@ -21,7 +21,7 @@ from ..fileio import save_figure
 from ..images import IMAGE_EXTENSIONS, list_images, read_image
 from ..plans import PowerSpectrum, flow_times
 from ..spectral import fit_power_law, rapsd
-from .schedule import schedule_row
+from .schedule import check_steps, schedule_row
 
 __all__ = ["TENSOR_EXTENSIONS", "collect_files", "load_arrays", "SpectrumFit", "fit_arrays",
            "implied_switches", "switch_table", "fit_record", "rapsd_plot"]
@@ -82,6 +82,8 @@ def load_arrays(paths: Sequence[str | os.PathLike], size: int | None = None) -> 
     """Tensors as stored (float64) and, last, one ``(N, C, s, s)`` float64 batch of the images
     in ``[-1, 1]`` centre-cropped to side ``s = size`` (default: the smallest side seen, at
     most :data:`MAX_SIDE`)."""
+    if size is not None and (isinstance(size, bool) or int(size) != size or size < 1):
+        raise ValueError(f"size (--size) must be a positive side in pixels, got {size!r}")
     tensors, images = [], []
     for f in collect_files(paths):
         if f.lower().endswith(TENSOR_EXTENSIONS):
@@ -131,7 +133,7 @@ def implied_switches(fit: SpectrumFit, steps: int, shift: float, scales: Sequenc
     """SPD's switches on the fitted spectrum (SD3-shift grid of ``steps`` steps), one
     :func:`~specdiff.analysis.schedule.schedule_row` per delta, or ``{"delta", "error"}``
     where that delta gives no plan on this grid."""
-    times = flow_times(steps, shift)
+    times = flow_times(check_steps(steps), shift)
     out = []
     for d in deltas:
         try:

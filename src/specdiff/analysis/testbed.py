@@ -20,6 +20,7 @@ from ..fileio import atomic_write_text, save_figure
 from ..plans import Plan, PowerSpectrum, flow_times, flux_times, full_plan, spd_plan
 from ..testbeds import GaussianField
 from . import methods as M
+from .schedule import check_deltas, check_steps
 
 __all__ = ["Row", "compare_on_testbed", "long_step_study", "markdown_table", "study_table",
            "save_results", "pareto_plot", "stage_summary", "times_for_schedule", "run_testbed"]
@@ -104,6 +105,8 @@ def compare_on_testbed(
     plans come from :mod:`specdiff.analysis.methods` with their closed-form
     transitions (the cascade's upsample is ``X0Renoise("dct")`` here).
     """
+    steps = check_steps(steps)
+    deltas = check_deltas(deltas, "deltas")
     s = M.Setting(times_fn, steps, field.grid, field.spectrum, multiple, exact=True)
     fixed = _fixed_plans(s, deltas)
     rows: list[Row] = []
@@ -168,6 +171,8 @@ def run_testbed(spectrum: PowerSpectrum, grid: Sequence[int], steps: int = 50, *
 
     Returns ``{"rows": [Row], "study": [...], "study_side": side}``.
     """
+    check_steps(steps)
+    check_deltas(deltas, "deltas (--deltas)")
     grid = tuple(int(g) for g in grid)
     times_fn = times_for_schedule(schedule, grid)
     field = GaussianField(spectrum.A, spectrum.beta, grid)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..plans import MAX_STEPS
+
 
 def floats(text: str) -> tuple[float, ...]:
     """``"0.5,1"`` -> ``(0.5, 1.0)``; at least one number."""
@@ -51,3 +53,27 @@ def json_object(text: str) -> dict:
     if not isinstance(d, dict):
         raise argparse.ArgumentTypeError('expected a JSON object, e.g. \'{"base": 16}\'')
     return d
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (thread counts, sides, image counts)."""
+    v = _int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (1 or more), got {v}")
+    return v
+
+
+def steps(text: str) -> int:
+    """A sampling step count in ``[1, MAX_STEPS]``."""
+    v = _int(text)
+    if not 1 <= v <= MAX_STEPS:
+        raise argparse.ArgumentTypeError(
+            f"steps must be between 1 and {MAX_STEPS} (samplers use 1-1000), got {v}")
+    return v

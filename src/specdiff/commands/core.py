@@ -11,9 +11,11 @@ import time
 
 from ..analysis.methods import SPD_DELTAS
 from ..cli import CLIError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, check_output_dir, check_output_file
 from ._args import floats as _floats
+from ._args import positive_int as _positive_int
 from ._args import size as _size
+from ._args import steps as _steps
 
 
 def register(sub) -> None:
@@ -27,7 +29,7 @@ def register(sub) -> None:
     p.add_argument("--size", type=_size, default=None,
                    help="HxW in pixels for --model, else the grid itself (default 1024x1024 / 128)")
     p.add_argument("--frames", type=int, default=None, help="video frames (wan: 4k+1, default 81)")
-    p.add_argument("--steps", type=int, default=None, help="model evaluations (default: family's)")
+    p.add_argument("--steps", type=_steps, default=None, help="model evaluations (default: family's)")
     p.add_argument("--shift", type=float, default=None, help="SD3-style time shift")
     p.add_argument("--mu", type=float, default=None, help="FLUX mu (default: from full-res tokens)")
     p.add_argument("--scales", type=_floats, default=[0.5, 1.0], help="e.g. 0.5,1 or 0.25,0.5,1")
@@ -46,7 +48,7 @@ def register(sub) -> None:
     p.add_argument("--A", type=float)
     p.add_argument("--beta", type=float)
     p.add_argument("--grid", type=_size, default=(128, 128), help="latent grid (default 128x128)")
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=_steps, default=50)
     p.add_argument("--schedule", default="flux",
                    help="'flux' (mu from the grid's 2x2 tokens) or 'shift:S' (SD3 shift S)")
     p.add_argument("--solvers", default="euler,heun")
@@ -61,12 +63,12 @@ def register(sub) -> None:
     p.add_argument("paths", nargs="*", help="images, .npy/.pt tensors (N,C,H,W) or folders")
     p.add_argument("--vae", default=None, help="local diffusers VAE folder: analyse its latents")
     p.add_argument("--images", default=None, help="image folder to encode with --vae")
-    p.add_argument("--size", type=int, default=None,
+    p.add_argument("--size", type=_positive_int, default=None,
                    help="centre-crop images to squares of this side (default: smallest side seen, "
                    "at most 512)")
     p.add_argument("--scales", type=_floats, default=[0.5, 1.0])
     p.add_argument("--delta", type=_floats, default=[0.01, 0.05, 0.1])
-    p.add_argument("--steps", type=int, default=50, help="steps for the implied switch step")
+    p.add_argument("--steps", type=_steps, default=50, help="steps for the implied switch step")
     p.add_argument("--shift", type=float, default=3.0, help="SD3 shift of the implied schedule")
     p.add_argument("--out", default="outputs/analyze", help="folder for the plot and JSON")
     p.set_defaults(func=cmd_analyze)
@@ -92,6 +94,8 @@ def cmd_schedule(args) -> int:
     from ..plans import flow_times
     from ..presets import get_preset
 
+    if args.plot:
+        check_output_file(args.plot, "--plot")
     if args.model:
         preset = get_preset(args.model)
         h, w = args.size or (1024, 1024)
@@ -127,6 +131,7 @@ def cmd_schedule(args) -> int:
 def cmd_testbed(args) -> int:
     from ..analysis.testbed import markdown_table, run_testbed, save_results, study_table
 
+    check_output_dir(args.out, "--out")
     spec = _spectrum(args, args.spectrum)
     grid = tuple(args.grid)
     solvers = [s for s in args.solvers.split(",") if s]
@@ -150,6 +155,7 @@ def cmd_testbed(args) -> int:
 def cmd_analyze(args) -> int:
     import torch
 
+    from ..analysis.schedule import check_deltas
     from ..analysis.spectrum import (
         fit_arrays,
         fit_record,
@@ -159,6 +165,8 @@ def cmd_analyze(args) -> int:
         switch_table,
     )
 
+    check_output_dir(args.out, "--out")
+    check_deltas(args.delta, "--delta")
     if args.vae:
         if not args.images:
             raise CLIError("--vae needs --images DIR (the images to encode)")

@@ -14,6 +14,7 @@ import argparse
 
 from ._args import floats as _floats
 from ._args import size as _size
+from ._args import steps as _steps
 
 
 def register(sub) -> None:
@@ -39,7 +40,7 @@ def register(sub) -> None:
     p.add_argument("--positions", default="native", choices=("native", "stretched"))
     p.add_argument("--solver", default="auto",
                    help="auto (the pipeline's scheduler) | euler | heun | dpmpp_2m | unipc")
-    p.add_argument("--steps", type=int, default=None, help="num_inference_steps")
+    p.add_argument("--steps", type=_steps, default=None, help="num_inference_steps")
     p.add_argument("--guidance", type=float, default=None, help="guidance_scale")
     p.add_argument("--size", type=_size, default=None, help="HxW in pixels")
     p.add_argument("--frames", type=int, default=None, help="video frames (Wan, 4k+1)")

@@ -25,11 +25,11 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..fileio import atomic_write, atomic_write_json
+from ..fileio import atomic_write, atomic_write_json, check_output_dir
 
 __all__ = ["GenerateConfig", "GenerateSummary", "OutputFolder", "SAMPLE_SEED_STRIDE",
            "read_prompts", "prompt_seed", "sample_seeds", "shard", "dist_env",
-           "resolve_device", "generate", "run"]
+           "resolve_device", "check_pipeline_folder", "generate", "run"]
 
 #: sample ``j`` of a prompt with seed ``s`` uses ``s + SAMPLE_SEED_STRIDE * j`` (a prime far
 #: above any prompt count, so samples of prompt ``i`` do not reuse prompt ``i + j``'s seed)
@@ -74,6 +74,10 @@ class GenerateConfig:
             raise ValueError(f"fps must be at least 1, got {self.fps}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.steps is not None:
+            from ..analysis.schedule import check_steps
+
+            check_steps(self.steps, "steps (--steps)")
 
     def spd_arguments(self) -> dict:
         """The SPD keyword arguments of every ``SpectralPipeline`` call of the run."""
@@ -261,15 +265,24 @@ def _save(path: str, item, video: bool, fps: int) -> None:
         atomic_write(path, lambda tmp: item.save(tmp, format="PNG"))
 
 
+def check_pipeline_folder(path: str) -> None:
+    """A ``ValueError`` / ``FileNotFoundError`` unless ``path`` is a local diffusers pipeline
+    folder (one with ``model_index.json``); reads nothing else, loads nothing."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"pipeline folder not found: {path} (a local folder "
+                                "written by save_pretrained or a downloaded snapshot)")
+    if not os.path.isfile(os.path.join(path, "model_index.json")):
+        raise ValueError(f"{path} is not a diffusers pipeline folder (no model_index.json); give "
+                         "the folder written by pipe.save_pretrained or a downloaded snapshot")
+
+
 def load_pipeline(cfg: GenerateConfig, device: str):
     """The pipeline in ``cfg.pipeline`` (a local folder; nothing is downloaded) on ``device``,
     in ``cfg.dtype`` (``auto``: bfloat16 on CUDA, float32 otherwise)."""
     import torch
     from diffusers import DiffusionPipeline
 
-    if not os.path.isdir(cfg.pipeline):
-        raise FileNotFoundError(f"pipeline folder not found: {cfg.pipeline} (a local folder "
-                                "written by save_pretrained or a downloaded snapshot)")
+    check_pipeline_folder(cfg.pipeline)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
              "auto": torch.bfloat16 if device.startswith("cuda") else torch.float32}[cfg.dtype]
     pipe = DiffusionPipeline.from_pretrained(cfg.pipeline, dtype=dtype, local_files_only=True)
@@ -291,6 +304,7 @@ def generate(cfg: GenerateConfig, prompts: Sequence[Mapping], *, rank: int = 0, 
 
     from .diffusers import SpectralPipeline
 
+    check_output_dir(cfg.out, "the output folder (--out)")
     if pipe is None:
         pipe = load_pipeline(cfg, device)
     sp = SpectralPipeline.from_pipe(pipe)
@@ -332,6 +346,11 @@ def run(cfg: GenerateConfig, prompts: Sequence[Mapping]) -> GenerateSummary:
 
     rank, world, local_rank = dist_env()
     device = resolve_device(cfg.device, world, local_rank, torch.cuda.is_available())
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this machine has no CUDA GPU "
+                         "(torch.cuda.is_available() is False); use --device cpu or auto")
+    check_pipeline_folder(cfg.pipeline)
+    check_output_dir(cfg.out, "the output folder (--out)")
     dist = None
     if world > 1:
         import datetime
