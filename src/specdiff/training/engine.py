@@ -27,6 +27,8 @@ import json
 import math
 import operator
 import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +36,13 @@ from pathlib import Path
 import torch
 
 from ..fileio import save_figure
-from ..models.checkpoint import atomic_save_safetensors
+from ..models.checkpoint import (
+    PAYLOAD_KEY,
+    atomic_save_safetensors,
+    check_payload,
+    payload_sha256,
+    remove_temp_files,
+)
 from .config import TrainConfig
 from .data import PhotoSet, load_photos
 from .objectives import Frozen, Objective, Trained, Update, check_models, objective_class
@@ -140,11 +148,14 @@ def _load_optim(opt: torch.optim.Optimizer, tensors: dict, groups: list) -> None
 
 
 def save_train_state(path: Path, cfg: TrainConfig, trained: dict, step: int,
-                     history: list) -> None:
-    """Write every trained model's tensors, EMA and optimiser state (atomically)."""
+                     history: list, meter: _Meter | None = None) -> None:
+    """Write every trained model's tensors, EMA and optimiser state (atomically), with the
+    SHA-256 of the tensors in the metadata (:data:`PAYLOAD_KEY`) for :func:`read_train_state`."""
     tensors: dict[str, torch.Tensor] = {}
     meta = {"format": STATE_FORMAT, "step": str(step), "config": json.dumps(cfg.to_dict()),
             "history": json.dumps(history), "models": json.dumps(list(trained))}
+    if meter is not None and meter.sums:  # the loss terms since the last history row
+        meta["meter"] = json.dumps(meter.state())
     for m in trained.values():
         p = m.prefix
         tensors.update({f"{p}model.{k}": v for k, v in m.raw.state_dict().items() if k in m.keys})
@@ -153,11 +164,17 @@ def save_train_state(path: Path, cfg: TrainConfig, trained: dict, step: int,
         tensors.update(_optim_tensors(m.opt, p))
         meta[f"{p}param_groups"] = json.dumps(
             [{k: v for k, v in g.items() if k != "params"} for g in m.opt.state_dict()["param_groups"]])
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}  # once, for both
+    meta[PAYLOAD_KEY] = payload_sha256(tensors)
     atomic_save_safetensors(path, tensors, meta)
 
 
 def read_train_state(path: Path):
-    """``(tensors, metadata)`` of a training checkpoint (``ValueError`` if truncated or foreign)."""
+    """``(tensors, metadata)`` of a training checkpoint.
+
+    ``ValueError`` if it is truncated, foreign or corrupt (its tensors' SHA-256 differs from
+    the one recorded when it was saved); a warning when it records none (older files).
+    """
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -170,6 +187,7 @@ def read_train_state(path: Path):
         ) from None
     if md.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} is not a specdiff training checkpoint")
+    check_payload(path, tensors, md, "training checkpoint")
     return tensors, md
 
 
@@ -187,8 +205,8 @@ def _load_entries(module: torch.nn.Module, tensors: dict, keys: frozenset, path,
     module.load_state_dict(tensors, strict=False)
 
 
-def _resume(path: Path, cfg: TrainConfig, trained: dict) -> tuple[int, list]:
-    """Load ``path`` into the trained models; returns ``(step, history)``."""
+def _resume(path: Path, cfg: TrainConfig, trained: dict) -> tuple[int, list, _Meter]:
+    """Load ``path`` into the trained models; returns ``(step, history, meter)``."""
     tensors, md = read_train_state(path)
     saved = TrainConfig.from_dict(json.loads(md["config"]))
     if saved != cfg:
@@ -208,7 +226,10 @@ def _resume(path: Path, cfg: TrainConfig, trained: dict) -> tuple[int, list]:
             raise ValueError(f"{path} has no optimiser state for model {m.name!r}; resume with "
                              "the same objective, or use another --out folder")
         _load_optim(m.opt, _split(tensors, f"{p}optim."), json.loads(groups))
-    return int(md["step"]), json.loads(md["history"])
+    meter = _Meter()
+    if "meter" in md:
+        meter.load(json.loads(md["meter"]))
+    return int(md["step"]), json.loads(md["history"]), meter
 
 
 def _prepare(acc, trained: dict, frozen: dict) -> None:
@@ -291,6 +312,12 @@ class _Meter:
             self.sums[k] = self.sums.get(k, 0.0) + v
             self.counts[k] = self.counts.get(k, 0) + 1
 
+    def state(self) -> dict:
+        return {"sums": self.sums, "counts": self.counts}
+
+    def load(self, state: dict) -> None:
+        self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
+
     def row(self, step: int, seconds: float) -> list:
         """``[step, sum of the term means, seconds, {term: mean}]`` (then starts over)."""
         means = {k: self.sums[k] / self.counts[k] for k in self.sums}
@@ -310,12 +337,69 @@ class TrainResult:
     # [step, loss (sum of the term means over log_every steps), seconds, {term: mean}]
     history: list
     model_path: Path | None = None
+    # temporary files of checkpoint writes a kill interrupted, found in out_dir and deleted
+    removed_temp_files: list = field(default_factory=list)
 
 
-def _run_steps(acc, cfg, objective, nets, trained, photos, step, end, history, out, bar) -> int:
-    """Steps ``step .. end - 1``: updates, history rows, checkpoints. Returns the last step."""
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM stopped :func:`train`: the step that was running finished
+    and a checkpoint of it was saved at ``path``; calling ``train`` again resumes from it,
+    bit-exactly. A ``KeyboardInterrupt``, so ``except Exception`` does not swallow it."""
+
+    def __init__(self, step: int, path: Path, signal_name: str):
+        super().__init__(f"{signal_name} at step {step}: checkpoint saved to {path}")
+        self.step, self.path, self.signal_name = step, path, signal_name
+
+
+class _StopRequests:
+    """SIGINT/SIGTERM handlers that only note the request, so the loop can finish the
+    running step and checkpoint it. A second signal stops at once (``KeyboardInterrupt``).
+    Installed only in the main thread (Python's rule); elsewhere signals act as before."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def requested(self, acc) -> bool:
+        """Whether any process was asked to stop (all processes agree, so DDP stops together)."""
+        if acc.num_processes == 1:
+            return self.signum is not None
+        flag = torch.tensor([0.0 if self.signum is None else 1.0], device=acc.device)
+        return bool(acc.gather(flag).max() > 0)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else "stop request"
+
+
+def _run_steps(acc, cfg, objective, nets, trained, photos, step, end, history, meter, out, bar,
+               stop: _StopRequests) -> int:
+    """Steps ``step .. end - 1``: updates, history rows, checkpoints. Returns the last step.
+
+    Raises :class:`TrainingInterrupted` after the step during which a stop was requested,
+    once that step is checkpointed (with the loss terms since the last history row, so a
+    resumed run writes the same history).
+    """
     opts = [m.opt for m in trained.values()]
-    meter, t_start = _Meter(), time.perf_counter()
+    t_start = time.perf_counter()
     elapsed0 = history[-1][2] if history else 0.0
     while step < end:
         for m in trained.values():
@@ -328,9 +412,13 @@ def _run_steps(acc, cfg, objective, nets, trained, photos, step, end, history, o
             terms = history[-1][3]
             bar.set_postfix({"loss": f"{history[-1][1]:.4f}"} if len(terms) == 1
                             else {k: f"{v:.4f}" for k, v in terms.items()})
-        if acc.is_main_process and (step % cfg.checkpoint_every == 0 or step == end):
-            save_train_state(out / STATE_FILE, cfg, trained, step, history)
+        stopping = stop.requested(acc)
+        if acc.is_main_process and (stopping or step % cfg.checkpoint_every == 0 or step == end):
+            save_train_state(out / STATE_FILE, cfg, trained, step, history, meter)
             plot_loss(history, out / "loss.png")
+        if stopping:
+            acc.wait_for_everyone()
+            raise TrainingInterrupted(step, out / STATE_FILE, stop.name)
     return step
 
 
@@ -350,6 +438,10 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = True,
         command: the command line recorded in the exported model's JSON.
         photos: training photos (default: ``load_photos(cfg.data, "train")``).
         spectrum_sizes: crop sizes of the data-spectrum fits recorded in the export.
+
+    SIGINT (Ctrl-C) or SIGTERM finishes the running step, checkpoints it and raises
+    :class:`TrainingInterrupted` (a second signal stops at once). Temporary files that a
+    kill during a checkpoint write left in ``out_dir`` are deleted first (never loaded).
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -358,12 +450,13 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = True,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     acc = Accelerator(cpu=cpu)
+    removed = remove_temp_files(out) if acc.is_main_process else []
     objective = objective_class(cfg.objective)(cfg)
     names, trained, frozen = _build_models(cfg, objective)
-    step, history = 0, []
+    step, history, meter = 0, [], _Meter()
     state_path = out / STATE_FILE
     if resume and state_path.is_file():
-        step, history = _resume(state_path, cfg, trained)
+        step, history, meter = _resume(state_path, cfg, trained)
     _prepare(acc, trained, frozen)
     nets = {n: trained[n].module if n in trained else frozen[n] for n in names}
     if photos is None:
@@ -374,11 +467,13 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = True,
     for m in trained.values():
         m.module.train()
     try:
-        step = _run_steps(acc, cfg, objective, nets, trained, photos, step, end, history, out, bar)
+        with _StopRequests() as stop:
+            step = _run_steps(acc, cfg, objective, nets, trained, photos, step, end, history,
+                              meter, out, bar, stop)
     finally:
         bar.close()
     acc.wait_for_everyone()
-    result = TrainResult(out, step, history)
+    result = TrainResult(out, step, history, removed_temp_files=removed)
     if acc.is_main_process and step >= cfg.steps:
         weights = {n: m.ema if m.ema is not None else m.raw for n, m in trained.items()}
         result.model_path = objective.export(weights, out, history, photos=photos, command=command,
@@ -443,5 +538,5 @@ def plot_loss(history, path: Path) -> None:
     save_figure(fig, path)
 
 
-__all__ = ["train", "TrainResult", "save_train_state", "read_train_state", "trained_state",
-           "lr_at", "ema_decay_at", "plot_loss", "STATE_FILE"]
+__all__ = ["train", "TrainResult", "TrainingInterrupted", "save_train_state", "read_train_state",
+           "trained_state", "lr_at", "ema_decay_at", "plot_loss", "STATE_FILE"]
