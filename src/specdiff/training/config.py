@@ -110,6 +110,8 @@ def default_config(kind: str = "unet", **overrides) -> TrainConfig:
     """The shipped recipe for ``kind`` ("unet" or "dit"), with overrides."""
     from ..models.config import DiTConfig, UNetConfig
 
+    if kind not in ("unet", "dit"):
+        raise ValueError(f"model kind must be 'unet' or 'dit', got {kind!r}")
     model = config_to_dict(UNetConfig() if kind == "unet" else DiTConfig())
     base = TrainConfig(model=model, shift_size=64)
     if kind == "unet":
@@ -146,7 +148,14 @@ def spd_finetune_config(init: str = "unet-base", **overrides) -> TrainConfig:
 __all__ = ["TrainConfig", "default_config", "spd_finetune_config"]
 
 
-def recipe_config(objective: str = "flow", *, model: str = "unet", model_config: dict | None = None,
+def _check_init_kind(init, arch: dict, model: str | None) -> None:
+    if model is not None and model != arch["kind"]:
+        raise ValueError(f"init checkpoint {init!r} is a {arch['kind']} model, not {model}: pass "
+                         f"--model {arch['kind']} or leave --model out (the architecture is init's)")
+
+
+def recipe_config(objective: str = "flow", *, model: str | None = None,
+                  model_config: dict | None = None,
                   init: str | None = None, data: str | None = None, **overrides) -> TrainConfig:
     """The :class:`TrainConfig` that ``specdiff train`` runs, from plain values (validated).
 
@@ -154,6 +163,8 @@ def recipe_config(objective: str = "flow", *, model: str = "unet", model_config:
     merged into its architecture, or ``init``'s architecture when fine-tuning from a
     checkpoint. ``objective="spd"``: :func:`spd_finetune_config` of ``init`` (default
     ``"unet-base"``); the architecture is ``init``'s, so ``model_config`` is refused.
+    With ``init``, ``model`` (default: ``init``'s kind) must name ``init``'s architecture:
+    a mismatch is a ``ValueError`` rather than a silently ignored choice.
     ``overrides`` are TrainConfig fields (``None`` values are ignored); giving ``sizes``
     without ``size_weights`` weighs the sizes equally. ``data`` defaults to the
     recipe's own (the shipped photos).
@@ -168,17 +179,23 @@ def recipe_config(objective: str = "flow", *, model: str = "unet", model_config:
                              "architecture is init's")
         cfg = spd_finetune_config(init or "unet-base")
         arch = cfg.model
+        _check_init_kind(init or "unet-base", arch, model)
     else:
         spd_only = [k for k in ("spd_scales", "spd_mix", "spd_delta") if over.get(k)]
         if spd_only:
             raise ValueError(f"{', '.join(spd_only)} (--spd-*) need objective spd (--objective spd)")
-        cfg = default_config(model)
-        arch = dict(cfg.model)
-        arch.update(model_config or {})
-        config_from_dict(arch)
         if init:
+            if model_config:
+                raise ValueError("model_config (--model-config) does not apply with init "
+                                 "(--init): the architecture is init's")
             arch = config_to_dict(read_checkpoint(checkpoint_path(init))[1])
-            cfg = replace(cfg, init=str(init))
+            _check_init_kind(init, arch, model)
+            cfg = replace(default_config(arch["kind"]), init=str(init))
+        else:
+            cfg = default_config(model or "unet")
+            arch = dict(cfg.model)
+            arch.update(model_config or {})
+            config_from_dict(arch)
     if over.get("sizes") is not None and over.get("size_weights") is None:
         over["size_weights"] = tuple(1.0 for _ in over["sizes"])
     if data is not None and not (objective == "spd" and data == "skimage"):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ...models import build
+from ...models.checkpoint import load_state_checked
 from ...spectral import broadcast_time
 from ..batches import draw_flow_step, step_generator
 from . import register
@@ -51,7 +52,7 @@ class Flow(Objective):
     def models(self):
         net = build(self.cfg.model)
         if self.cfg.init:
-            net.load_state_dict(init_weights(self.cfg)[0])
+            load_state_checked(net, init_weights(self.cfg)[0], self.cfg.init)
         return {"net": Trained(net)}
 
     def batch(self, nets, photos, step, process, update):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ...models import build
+from ...models.checkpoint import load_state_checked
 from ...spectral import broadcast_time
 from ..batches import draw_flow_step, step_generator
 from . import register
@@ -115,9 +116,9 @@ class SPD(Objective):
 
         init_state, init_config, init_meta = init_weights(self.cfg)
         net = build(self.cfg.model)
-        net.load_state_dict(init_state)
+        load_state_checked(net, init_state, self.cfg.init)
         teacher = build(init_config)
-        teacher.load_state_dict(init_state)
+        load_state_checked(teacher, init_state, self.cfg.init)
         # EmbeddedModel reads the data spectrum from the init model's meta (the teacher
         # network also serves the lookup: no extra network is built for it)
         self.post_t_min = spd_post_times(
