@@ -40,6 +40,42 @@ CASES = [
     (["generate", "--pipeline", "{dir}", "--prompt", "x", "--out", "{out}"], "model_index.json"),
     (["generate", "--pipeline", "{pipe}", "--prompt", "x", "--steps", "0", "--out", "{out}"],
      "between 1 and 10000"),
+    # generate: everything the arguments and the folder's JSON decide, before loading
+    (["generate", "--pipeline", "{pipe}", "--prompt", "x", "--scales", "0.5", "--out", "{out}"],
+     "scales must end at 1.0"),
+    (["generate", "--pipeline", "{pipe}", "--prompt", "x", "--scales", "1,0.5", "--out", "{out}"],
+     "scales must end at 1.0"),
+    (["generate", "--pipeline", "{pipe}", "--prompt", "x", "--delta", "1.5", "--out", "{out}"],
+     "must lie in (0, 1)"),
+    (["generate", "--pipeline", "{pipe}", "--prompt", "x", "--delta", "0.01,0.02", "--out",
+      "{out}"], "need one delta per transition (1), got 2"),
+    (["generate", "--pipeline", "{pipe}", "--prompt", "x", "--spectrum", "foo", "--out", "{out}"],
+     "unknown spectrum 'foo'"),
+    (["generate", "--pipeline", "{pipe}", "--prompt", "x", "--spectrum", "1,-2", "--out",
+      "{out}"], "beta must lie in (0, 10)"),
+    (["generate", "--pipeline", "{pipe}", "--prompt", "x", "--solver", "rk4", "--out", "{out}"],
+     "solver (--solver) must be one of auto, unipc"),
+    (["generate", "--pipeline", "{pipe}", "--prompt", "x", "--size", "128x128", "--scales",
+      "0.1,1", "--out", "{out}"], "needs stage sides that are multiples of 2"),
+    (["generate", "--pipeline", "{pipe}", "--prompt", "x", "--frames", "9", "--out", "{out}"],
+     "is for video pipelines"),
+    (["generate", "--pipeline", "{sdxl}", "--prompt", "x", "--out", "{out}"],
+     "no known latent spectrum"),
+    # SD3 with a patch-4 transformer (read from transformer/config.json): 288 px is a 36^2
+    # latent grid, whose half (18) is no multiple of 4 (it is of SD3's usual 2)
+    (["generate", "--pipeline", "{sd3}", "--prompt", "x", "--spectrum", "flux", "--size",
+      "288x288", "--out", "{out}"], "needs stage sides that are multiples of 4 (nearest: 16)"),
+    (["generate", "--pipeline", "{sd15}", "--prompt", "x", "--out", "{out}"],
+     "SpectralPipeline does not support StableDiffusionPipeline"),
+    (["generate", "--pipeline", "{alien}", "--prompt", "x", "--out", "{out}"],
+     "names pipeline class 'NoSuchPipeline'"),
+    # train --init
+    (["train", "--init", "dit", "--model", "unet", "--steps", "2", "--out", "{out}"],
+     "is a dit model, not unet: pass --model dit or leave --model out"),
+    (["train", "--objective", "spd", "--init", "dit", "--model", "unet", "--steps", "2", "--out",
+      "{out}"], "is a dit model, not unet"),
+    (["train", "--init", "dit", "--model-config", '{{"dim": 64}}', "--steps", "2", "--out",
+      "{out}"], "does not apply with init"),
     # thread counts
     (["sample", "--threads", "-1", "--out", "{out}"], "positive integer"),
     (["sample", "--threads", "0", "--out", "{out}"], "positive integer"),
@@ -69,14 +105,29 @@ CASES = [
 
 @pytest.mark.parametrize("argv,msg", CASES, ids=[" ".join(a[:3]) + f" #{i}"
                                                  for i, (a, _) in enumerate(CASES)])
-def test_bad_input_fails_first_in_one_line(argv, msg, spots, capsys):
+def test_bad_input_fails_first_in_one_line(argv, msg, spots, capsys, monkeypatch):
     import numpy as np
     from PIL import Image
+
+    def never(*a, **k):
+        raise AssertionError("the pipeline was loaded before the arguments were checked")
+
+    monkeypatch.setattr("specdiff.integrations.generate.load_pipeline", never)
 
     np.save(spots / "f.npy", np.zeros((2, 1, 16, 16)))
     pipe = spots / "pipe"
     pipe.mkdir()
     (pipe / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    for name, cls in (("sdxl", "StableDiffusionXLPipeline"), ("sd15", "StableDiffusionPipeline"),
+                      ("alien", "NoSuchPipeline")):
+        (spots / name).mkdir()
+        (spots / name / "model_index.json").write_text(json.dumps({"_class_name": cls}))
+    sd3 = spots / "sd3"
+    for sub, obj in (("", {"_class_name": "StableDiffusion3Pipeline"}),
+                     ("transformer", {"patch_size": 4, "sample_size": 128}),
+                     ("vae", {"block_out_channels": [8, 8, 8, 8]})):
+        (sd3 / sub).mkdir(parents=True, exist_ok=True)
+        (sd3 / sub / ("config.json" if sub else "model_index.json")).write_text(json.dumps(obj))
     data = spots / "data"
     data.mkdir()
     for i in range(5):  # the 5th (sorted) file is the held-out one: make it unreadable
@@ -84,7 +135,9 @@ def test_bad_input_fails_first_in_one_line(argv, msg, spots, capsys):
     (data / "4.png").write_bytes(b"not a png")
     (spots / "dir").mkdir()
     names = {"afile": spots / "afile", "out": spots / "out", "dir": spots / "dir",
-             "npy": spots / "f.npy", "pipe": pipe, "data": data, "bad": "4.png"}
+             "npy": spots / "f.npy", "pipe": pipe, "data": data, "bad": "4.png",
+             "sdxl": spots / "sdxl", "sd15": spots / "sd15", "alien": spots / "alien",
+             "sd3": sd3}
     argv = [a.format(**names) for a in argv]
     before = sorted(p.name for p in spots.rglob("*"))
     code = _code(argv)

@@ -104,8 +104,8 @@ def test_config_checks():
         GenerateConfig(pipeline="p", out="o", per_prompt=0)
     with pytest.raises(ValueError, match="dtype"):
         GenerateConfig(pipeline="p", out="o", dtype="int8")
-    cfg = GenerateConfig(pipeline="p", out="o", scales=[0.5, 1], delta=(0.1, 0.2))
-    assert cfg.spd_arguments() == dict(scales=(0.5, 1), delta=(0.1, 0.2), spectrum=None,
+    cfg = GenerateConfig(pipeline="p", out="o", scales=[0.25, 0.5, 1], delta=(0.1, 0.2))
+    assert cfg.spd_arguments() == dict(scales=(0.25, 0.5, 1), delta=(0.1, 0.2), spectrum=None,
                                        transition="dct", positions="native", solver="auto")
 
 
@@ -162,3 +162,69 @@ def test_generate_writes_records_and_resumes(tmp_path):
     with pytest.raises(ValueError, match="video pipelines"):
         generate(GenerateConfig(pipeline="x", out=str(tmp_path / "v"), frames=9, scales=(1.0,)),
                  prompts, pipe=pipe, progress=False)
+
+
+# --- checks before loading: what a folder's JSON configs say --------------------------------
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3", "sdxl", "wan"])
+def test_folder_layout_from_json_matches_the_loaded_pipeline(family, tmp_path):
+    """The latent layout read from a saved pipeline's configs (before loading, for the checks
+    of ``generate``) equals what the loaded pipeline and its adapter use."""
+    pytest.importorskip("diffusers")
+    import inspect
+
+    from specdiff.integrations import tiny
+    from specdiff.integrations.families import find_adapter
+    from specdiff.integrations.generate import _folder_json
+
+    pipe, _ = getattr(tiny, f"tiny_{family}")()
+    pipe.save_pretrained(tmp_path)
+    adapter_cls = find_adapter(pipe)
+    layout = adapter_cls.folder_layout(lambda sub: _folder_json(str(tmp_path), f"{sub}/config.json"))
+    vae = getattr(pipe, "vae_scale_factor", None) or pipe.vae_scale_factor_spatial
+    assert layout.vae_factor == vae
+    # the adapter's multiple is a property of the pipeline's modules: read it without a call
+    assert layout.multiple == adapter_cls.multiple.fget(type("P", (), {"pipe": pipe})())
+    if family == "wan":
+        params = inspect.signature(type(pipe).__call__).parameters
+        assert layout.default_size == (params["height"].default, params["width"].default)
+    else:
+        assert layout.default_size == (pipe.default_sample_size * vae,) * 2
+
+
+def test_generate_checks_the_folder_before_loading(tmp_path, monkeypatch):
+    """A saved tiny FLUX folder: sizes whose coarse stage does not fit FLUX's 2x2 packing fail
+    before the pipeline loads; good ones pass the checks."""
+    pytest.importorskip("diffusers")
+    from specdiff.integrations import generate as gen
+    from specdiff.integrations.tiny import tiny_flux
+
+    pipe, _ = tiny_flux()
+    pipe.save_pretrained(tmp_path / "flux")
+    ok = GenerateConfig(pipeline=str(tmp_path / "flux"), out=str(tmp_path / "o"), size=(128, 128))
+    gen.check_generate_config(ok)  # 128 px: latent 16, half 8, even: fine
+    bad = GenerateConfig(pipeline=str(tmp_path / "flux"), out=str(tmp_path / "o"),
+                         size=(128, 128), scales=(0.3, 1.0))
+    monkeypatch.setattr(gen, "load_pipeline", lambda *a: pytest.fail("loaded"))
+    with pytest.raises(ValueError, match="multiples of 2"):  # 16 * 0.3 = 4.8 -> 4: 17% off
+        gen.generate(bad, [{"prompt": "x"}], progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kw,msg", [
+    (dict(scales=0.5), "scales must be a sequence"),
+    (dict(scales=(0.5,)), "end at 1.0"),
+    (dict(delta="0.05"), "delta must be a number"),
+    (dict(delta=(0.1, 0.2)), "need one delta per transition"),
+    (dict(spectrum="nope"), "unknown spectrum"),
+    (dict(transition="wavelet"), "transition"),
+    (dict(positions="centred"), "positions"),
+    (dict(solver="rk4"), "solver"),
+    (dict(size=(64,)), "(height, width)"),
+    (dict(size=(64.5, 64)), "size"),
+    (dict(frames=0), "frames"),
+])
+def test_config_rejects_bad_spd_arguments(kw, msg):
+    with pytest.raises(ValueError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        GenerateConfig(pipeline="p", out="o", **kw)

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field, fields, replace
 
 import torch
 
+from .limits import MAX_STEPS
 from .solvers import get_solver
-from .spectral import resolution_shift
+from .spectral import resolution_shift, sequence_items
 from .transitions import LEGACY_KINDS, Transition, X0Renoise, as_transition
 
 TRANSITIONS = LEGACY_KINDS
@@ -125,9 +126,8 @@ def spd_transition_time(A: float, beta: float, scale: float, min_side: int,
 # ---------------------------------------------------------------------------
 
 
-#: The most steps a time grid may have: far above what any sampler uses (10-1000),
-#: far below what exhausts memory (10^8 steps build tens of GB of plan).
-MAX_STEPS = 10_000
+# MAX_STEPS (specdiff.limits, free of torch for the CLI's parsers): far above what any
+# sampler uses (10-1000), far below what exhausts memory (10^8 steps build tens of GB of plan)
 
 
 def check_steps(num_steps: int, name: str = "num_steps") -> int:
@@ -574,11 +574,10 @@ def _as_grid(grid) -> tuple[int, ...]:
     return g
 
 
-def _check_scales(scales) -> tuple[float, ...]:
-    try:
-        items = None if isinstance(scales, str | bytes) else list(scales)
-    except TypeError:
-        items = None
+def check_scales(scales) -> tuple[float, ...]:
+    """Stage scales as floats, positive and strictly increasing to 1.0 (returned exactly 1.0);
+    ``ValueError`` naming ``scales`` otherwise (a bare number, a string, 0, a wrong order)."""
+    items = sequence_items(scales)
     if items is None:
         # a bare 0.5 would fail with a TypeError and a string would be read digit by digit
         raise ValueError(f"scales must be a sequence of numbers increasing to 1.0 such as "
@@ -588,7 +587,10 @@ def _check_scales(scales) -> tuple[float, ...]:
         raise ValueError(f"scales must end at 1.0 (the full grid), got {scales}")
     if any(v <= 0 for v in s) or any(b <= a for a, b in zip(s, s[1:])):
         raise ValueError(f"scales must be positive and strictly increasing to 1.0, got {scales}")
-    return s
+    return s[:-1] + (1.0,)
+
+
+_check_scales = check_scales  # the name older code imports
 
 
 def stage_grids(grid, scales, *, multiple: int = 1, axes: int = 2) -> list[tuple[int, ...]]:
@@ -744,11 +746,7 @@ def check_delta(delta, n: int) -> list[float]:
 def _per_transition(value, n, what):
     if isinstance(value, int | float) and not isinstance(value, bool):
         return [float(value)] * n
-    try:
-        # a string is a sequence too: '0.05' would be read character by character
-        items = None if isinstance(value, str | bytes) else list(value)
-    except TypeError:
-        items = None
+    items = sequence_items(value)
     if items is None:
         raise ValueError(f"{what} must be a number or one number per transition ({n}), got "
                          f"{type(value).__name__} {value!r}")

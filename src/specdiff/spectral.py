@@ -153,12 +153,21 @@ def as_size(value, name: str = "size") -> int:
                      f"{_describe(value)}")
 
 
+def sequence_items(value) -> list | None:
+    """``list(value)`` for a sequence of values, ``None`` for anything else: a scalar, and a
+    string too (it is a sequence, but ``'0.05'`` read character by character is never what
+    was meant). The one place argument checks tell "several values" from "one"."""
+    if isinstance(value, str | bytes):
+        return None
+    try:
+        return list(value)
+    except TypeError:
+        return None
+
+
 def as_shape(shape, name: str = "shape") -> tuple[int, ...]:
     """A target grid as a tuple of ints (see :func:`as_size`); one size per grid axis."""
-    try:
-        items = None if isinstance(shape, str | bytes) else list(shape)
-    except TypeError:
-        items = None
+    items = sequence_items(shape)
     if items is None:
         raise ValueError(f"{name} must be a sequence of sizes, one per grid axis (e.g. (32, 32)), "
                          f"got {_describe(shape)}")

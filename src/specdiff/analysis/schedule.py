@@ -12,7 +12,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..fileio import save_figure
-from ..plans import MAX_STEPS, PowerSpectrum, check_steps, get_spectrum, spd_plan, stage_grids
+from ..plans import (
+    MAX_STEPS,
+    PowerSpectrum,
+    _as_number,
+    check_steps,
+    get_spectrum,
+    spd_plan,
+    stage_grids,
+)
+from ..spectral import sequence_items
 
 __all__ = ["MAX_STEPS", "check_steps", "check_deltas", "schedule_row", "schedule_rows",
            "schedule_table", "snr_plot"]
@@ -21,11 +30,13 @@ __all__ = ["MAX_STEPS", "check_steps", "check_deltas", "schedule_row", "schedule
 # check_steps and MAX_STEPS live in plans (every time grid checks them); re-exported here
 def check_deltas(deltas, what: str = "delta") -> tuple[float, ...]:
     """SPD tolerances as floats, each in ``(0, 1)``; at least one."""
+    items = sequence_items(deltas)
     try:
-        ds = tuple(float(d) for d in deltas)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be numbers in (0, 1) such as 0.01,0.05, got {deltas!r}") \
-            from None
+        ds = tuple(_as_number(d, what) for d in items) if items is not None else None
+    except ValueError:
+        ds = None
+    if ds is None:
+        raise ValueError(f"{what} must be numbers in (0, 1) such as 0.01,0.05, got {deltas!r}")
     bad = [d for d in ds if not 0 < d < 1]
     if not ds or bad:
         raise ValueError(f"{what} (SPD noise-dominated tolerance) must lie in (0, 1), e.g. 0.05; "

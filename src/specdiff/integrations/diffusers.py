@@ -38,14 +38,14 @@ from collections.abc import Sequence
 
 import torch
 
-from ..plans import Plan, check_delta, check_steps, full_plan, spd_plan, stage_grids
+from ..plans import Plan, check_delta, check_scales, check_steps, full_plan, spd_plan, stage_grids
 from ..sampling import sample
 from ..spectral import check_generator, project_noise, resize
 from ..transitions import Spectral, Transition, as_transition
 from .families import find_adapter
 from .families.base import Interrupted
 
-__all__ = ["SpectralPipeline"]
+__all__ = ["SpectralPipeline", "check_stage_sizes"]
 
 # Loop state the pipelines keep on themselves for callbacks and properties;
 # we set it like the pipeline does and restore it afterwards.
@@ -175,7 +175,7 @@ class SpectralPipeline:
 
     def _make_plan(self, ad, scales, delta, spectrum, transition) -> Plan:
         grid = ad.grid
-        sc = _check_scales(scales)
+        sc = check_scales(scales)
         # read the transition even when one stage leaves it unused: a bad value is an
         # error whatever the scales
         transition = as_transition(transition)
@@ -188,27 +188,9 @@ class SpectralPipeline:
                     f"{ad.family}: no known latent spectrum for this VAE; fit one with "
                     "`specdiff analyze --vae PATH --images DIR` and pass spectrum=(A, beta), or "
                     "borrow FLUX's with spectrum='flux'")
-        self._check_stage_sizes(ad, grid, sc)
+        check_stage_sizes(ad.family, ad.packing, ad.multiple, _vae_scale(ad.pipe), grid, sc)
         return spd_plan(ad.times, grid, sc, spectrum=spectrum, delta=delta,
                         transition=transition, multiple=ad.multiple, axes=2)
-
-    @staticmethod
-    def _check_stage_sizes(ad, grid, scales) -> None:
-        m = ad.multiple
-        grids = stage_grids(grid, scales, multiple=m, axes=2)
-        vsf = _vae_scale(ad.pipe)
-        for s, g in zip(scales[:-1], grids[:-1], strict=True):
-            for full_side, side in zip(grid[-2:], g[-2:], strict=True):
-                want = full_side * s
-                if side >= full_side or abs(side - want) > 0.1 * want:
-                    hint = ""
-                    if abs(1 / s - round(1 / s)) < 1e-9 and vsf:
-                        hint = f" (pixel sides that are multiples of {int(round(vsf * m / s))})"
-                    raise ValueError(
-                        f"{ad.family}: scale {s:g} of the {'x'.join(map(str, grid))} latent grid "
-                        f"asks for a side of {want:g}, but {ad.packing or 'the model'} needs stage "
-                        f"sides that are multiples of {m} (nearest: {side}); use a height/width "
-                        f"whose latent side times {s:g} is a multiple of {m}{hint}, or other scales")
 
     def _check_plan(self, ad, plan) -> Plan:
         if not isinstance(plan, Plan):
@@ -309,24 +291,30 @@ def _check_call_args(kw: dict, scales, delta) -> None:
         raise ValueError(f"num_images_per_prompt must be a positive integer, got {n_img!r}")
     check_generator(kw.get("generator"))
     if scales is not None:
-        sc = _check_scales(scales)
+        sc = check_scales(scales)
         if len(sc) > 1:
             check_delta(delta, len(sc) - 1)
 
 
-def _check_scales(scales) -> tuple[float, ...]:
-    try:
-        sc = tuple(float(s) for s in scales)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"scales must be a sequence of numbers such as (0.5, 1.0), got {scales!r}") from None
-    if not sc or abs(sc[-1] - 1.0) > 1e-9:
-        raise ValueError(f"scales must end at 1.0 (the full-resolution grid), e.g. (0.5, 1.0); "
-                         f"got {tuple(scales)}")
-    if any(s <= 0 for s in sc) or any(b <= a for a, b in zip(sc, sc[1:])):
-        raise ValueError(f"scales must be positive and strictly increasing to 1.0, e.g. "
-                         f"(0.25, 0.5, 1.0); got {tuple(scales)}")
-    return sc[:-1] + (1.0,)
+def check_stage_sizes(family: str, packing: str, multiple: int, vae_factor: int | None,
+                      grid: Sequence[int], scales: Sequence[float]) -> None:
+    """A ``ValueError`` naming sizes that work unless every coarse stage of ``scales`` on the
+    full latent ``grid`` rounds to a side within 10% of ``side * scale`` that is a multiple
+    of ``multiple`` (the family's packing). Used before a pipeline loads (from its folder's
+    configs, :func:`specdiff.integrations.generate.check_generate_config`) and on every call."""
+    grids = stage_grids(grid, scales, multiple=multiple, axes=2)
+    for s, g in zip(scales[:-1], grids[:-1], strict=True):
+        for full_side, side in zip(grid[-2:], g[-2:], strict=True):
+            want = full_side * s
+            if side >= full_side or abs(side - want) > 0.1 * want:
+                hint = ""
+                if abs(1 / s - round(1 / s)) < 1e-9 and vae_factor:
+                    hint = f" (pixel sides that are multiples of {int(round(vae_factor * multiple / s))})"
+                raise ValueError(
+                    f"{family}: scale {s:g} of the {'x'.join(map(str, grid))} latent grid "
+                    f"asks for a side of {want:g}, but {packing or 'the model'} needs stage "
+                    f"sides that are multiples of {multiple} (nearest: {side}); use a height/width "
+                    f"whose latent side times {s:g} is a multiple of {multiple}{hint}, or other scales")
 
 
 def _vae_scale(pipe) -> int | None:

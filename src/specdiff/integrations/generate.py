@@ -29,7 +29,7 @@ from ..fileio import atomic_write, atomic_write_json, check_output_dir
 
 __all__ = ["GenerateConfig", "GenerateSummary", "OutputFolder", "SAMPLE_SEED_STRIDE",
            "read_prompts", "prompt_seed", "sample_seeds", "shard", "dist_env",
-           "resolve_device", "check_pipeline_folder", "generate", "run"]
+           "resolve_device", "check_pipeline_folder", "check_generate_config", "generate", "run"]
 
 #: sample ``j`` of a prompt with seed ``s`` uses ``s + SAMPLE_SEED_STRIDE * j`` (a prime far
 #: above any prompt count, so samples of prompt ``i`` do not reuse prompt ``i + j``'s seed)
@@ -78,6 +78,38 @@ class GenerateConfig:
             from ..analysis.schedule import check_steps
 
             check_steps(self.steps, "steps (--steps)")
+        self._check_spd()
+        if self.size is not None:
+            from ..spectral import as_shape
+
+            size = as_shape(self.size, "size (--size)")
+            if len(size) != 2:
+                raise ValueError(f"size (--size) is (height, width) in pixels, got {self.size}")
+        f = self.frames
+        if f is not None and (isinstance(f, bool) or not isinstance(f, int) or f < 1):
+            raise ValueError(f"frames (--frames) must be a positive integer (4k+1 for Wan), "
+                             f"got {f!r}")
+
+    def _check_spd(self) -> None:
+        """The SPD arguments, as :class:`~specdiff.integrations.diffusers.SpectralPipeline`
+        would check them on its first call (after the pipeline loaded, minutes later)."""
+        from ..plans import check_delta, check_scales, get_spectrum
+        from ..solvers import SOLVERS
+        from ..transitions import as_transition
+
+        scales = check_scales(self.scales)
+        if len(scales) > 1:
+            check_delta(self.delta, len(scales) - 1)
+        if self.spectrum is not None:
+            get_spectrum(self.spectrum)
+        as_transition(self.transition)
+        if self.positions not in ("native", "stretched"):
+            raise ValueError(f"positions (--positions) must be 'native' or 'stretched', got "
+                             f"{self.positions!r}")
+        solvers = ("auto", "unipc", *sorted(SOLVERS))
+        if self.solver not in solvers:
+            raise ValueError(f"solver (--solver) must be one of {', '.join(solvers)}; got "
+                             f"{self.solver!r}")
 
     def spd_arguments(self) -> dict:
         """The SPD keyword arguments of every ``SpectralPipeline`` call of the run."""
@@ -276,6 +308,94 @@ def check_pipeline_folder(path: str) -> None:
                          "the folder written by pipe.save_pretrained or a downloaded snapshot")
 
 
+def _folder_json(path: str, name: str) -> dict:
+    """The JSON object in ``path/name`` (``{}`` if there is none); a ValueError if unreadable."""
+    file = os.path.join(path, name)
+    if not os.path.isfile(file):
+        return {}
+    try:
+        with open(file) as f:
+            obj = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{file} is not valid JSON ({e}); re-copy the pipeline folder") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{file} is not a JSON object; re-copy the pipeline folder")
+    return obj
+
+
+def _adapter_of_class_name(folder: str, name):
+    """The family adapter of the pipeline class called ``name``; a ValueError if there is none.
+
+    A class an adapter names is matched without importing it; any other class is looked up
+    in diffusers (a subclass of a supported pipeline is supported), with the libraries'
+    import-time warnings silenced: the error is the one line the user needs.
+    """
+    from .families import adapters, find_adapter_for_class
+
+    for a in adapters():
+        if name in a.pipeline_classes:
+            return a
+    import diffusers
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    try:
+        cls = getattr(diffusers, str(name), None) if isinstance(name, str) and name else None
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+    if not isinstance(cls, type):
+        raise ValueError(f"{folder}/model_index.json names pipeline class {name!r}, which "
+                         f"diffusers {diffusers.__version__} does not have; re-copy the folder or "
+                         "update diffusers")
+    return find_adapter_for_class(cls)
+
+
+def check_generate_config(cfg: GenerateConfig) -> None:
+    """Everything the arguments and the pipeline folder's JSON files decide, checked before
+    the pipeline loads (minutes for a real model) and before anything is written.
+
+    From ``model_index.json``: the pipeline class (one ``SpectralPipeline`` supports),
+    whether it makes videos (``frames`` is refused on an image pipeline), its ``positions``
+    and whether it has a default spectrum; from ``vae/``, ``transformer/`` and ``unet/``
+    ``config.json``: the latent grid of ``size`` (or the pipeline's default size), and that
+    every coarse stage of ``scales`` fits the family's packing. The same checks run again
+    on the loaded pipeline, so a folder without some configs is still checked in full then.
+    """
+    from .diffusers import check_stage_sizes
+
+    check_pipeline_folder(cfg.pipeline)
+    index = _folder_json(cfg.pipeline, "model_index.json")
+    name = index.get("_class_name")
+    adapter = _adapter_of_class_name(cfg.pipeline, name)
+    if cfg.frames is not None and adapter.output_field != "frames":
+        raise ValueError(f"frames (--frames) is for video pipelines (Wan); {name} makes images: "
+                         "leave it out")
+    if cfg.positions not in adapter.positions_supported:
+        raise ValueError(f"{adapter.family}: positions (--positions) must be one of "
+                         f"{adapter.positions_supported}, got {cfg.positions!r}")
+    scales = tuple(float(s) for s in cfg.scales)
+    if scales == (1.0,):
+        return
+    if cfg.spectrum is None and adapter.default_spectrum is None:
+        raise ValueError(f"{adapter.family}: no known latent spectrum for this VAE; fit one with "
+                         "`specdiff analyze --vae PATH --images DIR` and pass --spectrum A,beta, "
+                         "or borrow FLUX's with --spectrum flux")
+    layout = adapter.folder_layout(lambda sub: _folder_json(cfg.pipeline, f"{sub}/config.json"))
+    size = cfg.size if cfg.size is not None else (layout.default_size if layout else None)
+    if layout is None or size is None:
+        return
+    grid = layout.latent_grid(*size)
+    if min(grid) < 1:
+        raise ValueError(f"size {size[0]}x{size[1]} is smaller than one latent cell "
+                         f"({layout.vae_factor} pixels); give a larger --size")
+    check_stage_sizes(adapter.family, adapter.packing, layout.multiple, layout.vae_factor, grid,
+                      scales)
+
+
 def load_pipeline(cfg: GenerateConfig, device: str):
     """The pipeline in ``cfg.pipeline`` (a local folder; nothing is downloaded) on ``device``,
     in ``cfg.dtype`` (``auto``: bfloat16 on CUDA, float32 otherwise)."""
@@ -304,6 +424,8 @@ def generate(cfg: GenerateConfig, prompts: Sequence[Mapping], *, rank: int = 0, 
 
     from .diffusers import SpectralPipeline
 
+    if pipe is None:
+        check_generate_config(cfg)
     check_output_dir(cfg.out, "the output folder (--out)")
     if pipe is None:
         pipe = load_pipeline(cfg, device)
@@ -349,7 +471,7 @@ def run(cfg: GenerateConfig, prompts: Sequence[Mapping]) -> GenerateSummary:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but this machine has no CUDA GPU "
                          "(torch.cuda.is_available() is False); use --device cpu or auto")
-    check_pipeline_folder(cfg.pipeline)
+    check_generate_config(cfg)
     check_output_dir(cfg.out, "the output folder (--out)")
     dist = None
     if world > 1:

@@ -9,7 +9,7 @@ import pkgutil
 
 from .base import Adapter
 
-__all__ = ["Adapter", "adapters", "find_adapter"]
+__all__ = ["Adapter", "adapters", "find_adapter", "find_adapter_for_class"]
 
 _CACHE: list[type[Adapter]] | None = None
 
@@ -36,13 +36,18 @@ def supported_classes() -> list[str]:
 
 def find_adapter(pipe) -> type[Adapter]:
     """The adapter for ``pipe`` (matched on the class names of its MRO), or a ValueError."""
-    names = [c.__name__ for c in type(pipe).__mro__]
-    for name in names:
+    return find_adapter_for_class(type(pipe))
+
+
+def find_adapter_for_class(cls: type) -> type[Adapter]:
+    """The adapter for pipelines of class ``cls`` (e.g. the class a folder's
+    ``model_index.json`` names, before loading it), or a ValueError."""
+    for name in [c.__name__ for c in cls.__mro__]:
         for a in adapters():
             if name in a.pipeline_classes:
                 return a
     raise ValueError(
-        f"SpectralPipeline does not support {type(pipe).__name__}; supported pipelines: "
+        f"SpectralPipeline does not support {cls.__name__}; supported pipelines: "
         f"{', '.join(supported_classes())}. For another model, wrap its denoiser as a specdiff "
         "Denoiser and call specdiff.sample (docs/diffusers.md), or add an adapter file in "
         "specdiff/integrations/families/"

@@ -90,6 +90,36 @@ class Evaluation:
     sigma: float
 
 
+@dataclass(frozen=True)
+class FolderLayout:
+    """What a pipeline folder's JSON configs say about its latent grid, read before the
+    pipeline loads (minutes for a real model) so bad sizes fail first.
+
+    ``vae_factor``: pixels per latent cell (the pipeline's ``vae_scale_factor``);
+    ``multiple``: stage sides must be multiples of it (:attr:`Adapter.multiple`);
+    ``default_size``: ``(height, width)`` pixels when none is given, ``None`` if unknown;
+    ``round_to_multiple``: the pipeline rounds latent sides down to ``multiple`` (FLUX).
+    """
+
+    vae_factor: int
+    multiple: int
+    default_size: tuple[int, int] | None = None
+    round_to_multiple: bool = False
+
+    def latent_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The full-resolution latent ``(h, w)`` the pipeline makes of ``height x width``."""
+        f, m = self.vae_factor, self.multiple
+        if self.round_to_multiple:
+            return m * (int(height) // (f * m)), m * (int(width) // (f * m))
+        return int(height) // f, int(width) // f
+
+
+def vae_factor_from_config(vae: dict) -> int:
+    """``2 ** (len(block_out_channels) - 1)``, as FLUX/SD3/SDXL compute it (8 without a VAE)."""
+    blocks = vae.get("block_out_channels")
+    return 2 ** (len(blocks) - 1) if blocks else 8
+
+
 class Adapter:
     """One call of one pipeline family. Subclasses set the class attributes and
     implement :meth:`prepare`, :meth:`model_output` and :meth:`decode`."""
@@ -173,6 +203,13 @@ class Adapter:
     def multiple(self) -> int:
         """Every stage's spatial latent sides must be multiples of this (patching/packing)."""
         return 1
+
+    @classmethod
+    def folder_layout(cls, config) -> FolderLayout | None:
+        """The :class:`FolderLayout` of a pipeline folder, from ``config(sub)``: the dict in
+        ``{sub}/config.json`` (``{}`` when absent). ``None``: not known before loading
+        (sizes are then checked once the pipeline is loaded)."""
+        return None
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """Flow-frame state (B, C, *grid) -> the pipeline's latent layout (same frame)."""

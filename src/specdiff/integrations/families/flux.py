@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Adapter, unsupported
+from .base import Adapter, FolderLayout, unsupported, vae_factor_from_config
 
 __all__ = ["FluxAdapter", "ADAPTER"]
 
@@ -44,6 +44,11 @@ class FluxAdapter(Adapter):
     @property
     def multiple(self) -> int:
         return 2
+
+    @classmethod
+    def folder_layout(cls, config) -> FolderLayout:
+        f = vae_factor_from_config(config("vae"))
+        return FolderLayout(f, 2, (128 * f, 128 * f), round_to_multiple=True)
 
     def prepare(self) -> None:
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps

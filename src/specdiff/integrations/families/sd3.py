@@ -28,7 +28,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .base import Adapter, forward_hook, unsupported
+from .base import Adapter, FolderLayout, forward_hook, unsupported, vae_factor_from_config
 
 __all__ = ["SD3Adapter", "ADAPTER"]
 
@@ -45,6 +45,12 @@ class SD3Adapter(Adapter):
     @property
     def multiple(self) -> int:
         return int(self.pipe.transformer.config.patch_size)
+
+    @classmethod
+    def folder_layout(cls, config) -> FolderLayout:
+        f, tr = vae_factor_from_config(config("vae")), config("transformer")
+        side = int(tr.get("sample_size", 128)) * f
+        return FolderLayout(f, int(tr.get("patch_size", 2)), (side, side))
 
     def prepare(self) -> None:
         from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Adapter, unsupported
+from .base import Adapter, FolderLayout, unsupported, vae_factor_from_config
 
 __all__ = ["SDXLAdapter", "ADAPTER"]
 
@@ -43,6 +43,14 @@ class SDXLAdapter(Adapter):
     @property
     def multiple(self) -> int:
         return 2 ** (len(self.pipe.unet.config.block_out_channels) - 1)
+
+    @classmethod
+    def folder_layout(cls, config) -> FolderLayout | None:
+        f, unet = vae_factor_from_config(config("vae")), config("unet")
+        if not unet.get("block_out_channels"):
+            return None
+        side = int(unet.get("sample_size", 128)) * f
+        return FolderLayout(f, 2 ** (len(unet["block_out_channels"]) - 1), (side, side))
 
     def prepare(self) -> None:
         from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import (

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .base import Adapter, forward_hook, unsupported
+from .base import Adapter, FolderLayout, forward_hook, unsupported
 
 __all__ = ["WanAdapter", "ADAPTER"]
 
@@ -49,6 +49,12 @@ class WanAdapter(Adapter):
     def multiple(self) -> int:
         p = self.pipe.transformer.config.patch_size
         return int(max(p[1], p[2]))
+
+    @classmethod
+    def folder_layout(cls, config) -> FolderLayout:
+        f = int(config("vae").get("scale_factor_spatial", 8))
+        p = config("transformer").get("patch_size", (1, 2, 2))
+        return FolderLayout(f, int(max(p[1], p[2])), (480, 832))  # WanPipeline's defaults
 
     def prepare(self) -> None:
         from diffusers.pipelines.wan.pipeline_wan import logger
