@@ -1,5 +1,7 @@
 """Spectrum fits of tensors and images (specdiff.analysis.spectrum)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from specdiff.analysis.spectrum import (
     load_arrays,
     switch_table,
 )
+from specdiff.cli import main
 from specdiff.testbeds import GaussianField
 
 
@@ -24,7 +27,8 @@ def test_tensors_are_read_as_stored_and_the_fit_recovers_the_field(tmp_path):
     assert torch.equal(arrays[0], x) and torch.equal(arrays[1], x[:1, :1])
     fit = fit_arrays(arrays[:1])
     assert fit.A == pytest.approx(40.0, rel=0.15) and fit.beta == pytest.approx(2.0, abs=0.1)
-    assert fit.grid == (64, 64) and fit.frames == 16
+    assert fit.grid == (64, 64) and fit.frames == 16 and fit.samples == 16
+    assert fit_arrays(arrays).samples == 17 and fit_arrays(arrays).video_frames == 0
     with pytest.raises(ValueError, match="different spatial sizes"):
         fit_arrays([x, x[..., :32, :32]])
 
@@ -54,3 +58,32 @@ def test_collect_files_errors(tmp_path):
     (tmp_path / "a.PNG").write_bytes(b"")
     (tmp_path / "c.txt").write_bytes(b"")
     assert [f.rsplit("/", 1)[-1] for f in collect_files([tmp_path])] == ["a.PNG", "b.npy"]
+
+
+def test_analyze_counts_images_not_channel_planes(tmp_path, capsys):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "rgb"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    assert main(["analyze", str(folder), "--out", str(tmp_path / "a")]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert head == f"# Spectrum of {folder}: 5 images of 16x16"
+    rec = json.loads((tmp_path / "a" / "spectrum.json").read_text())
+    # the RAPSD still averages every channel plane: 5 images x 3 channels
+    assert (rec["samples"], rec["frames"], rec["video_frames"]) == (5, 15, 0)
+
+    # tensors count their leading axis N, not N x C; (N, C, T, H, W) ones also count N x T frames
+    x = rng.standard_normal((4, 3, 16, 16))
+    np.save(tmp_path / "x.npy", x)
+    assert main(["analyze", str(tmp_path / "x.npy"), "--out", str(tmp_path / "b")]) == 0
+    assert ": 4 tensor samples of 16x16" in capsys.readouterr().out.splitlines()[0]
+    np.save(tmp_path / "v.npy", rng.standard_normal((2, 4, 3, 16, 16)))  # 2 videos of 3 frames
+    assert main(["analyze", str(tmp_path / "v.npy"), str(folder / "0.png"),
+                 "--out", str(tmp_path / "c")]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert head.endswith(": 1 image, 2 tensor samples, 6 video frames of 16x16")
+    rec = json.loads((tmp_path / "c" / "spectrum.json").read_text())
+    assert (rec["samples"], rec["frames"], rec["video_frames"]) == (3, 2 * 4 * 3 + 3, 6)

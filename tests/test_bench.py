@@ -14,25 +14,13 @@ from specdiff.analysis.bench import (
     markdown_table,
     run_bench,
 )
-from specdiff.models import UNet, UNetConfig, default_times, save_model
+from specdiff.models import default_times
 from specdiff.plans import full_plan, pyramidal_plan, spd_plan
 from specdiff.testbeds import GaussianField
 from specdiff.transitions import X0Renoise
 
-TINY = UNetConfig(base=8, mults=(1, 2), time_dim=16)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    net = UNet(TINY)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    path = tmp_path_factory.mktemp("m") / "tiny.safetensors"
-    save_model(path, net.state_dict(), TINY,
-               meta={"data": "skimage", "spectrum": {"32": [3.0, 2.3]}})
-    return str(path)
+# tiny_model (conftest.py) records its data spectrum at this side
+TINY_SPECTRUM_SIDE = 32
 
 
 def test_plans_are_the_shared_methods_and_priced(tiny_model):

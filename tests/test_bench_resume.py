@@ -9,26 +9,13 @@ import torch
 from specdiff.analysis import bench
 from specdiff.analysis.bench import BenchConfig, build_plans, load_bench_model, run_bench
 from specdiff.cli import main
-from specdiff.models import UNet, UNetConfig, save_model
 
-TINY = UNetConfig(base=8, mults=(1, 2), time_dim=16)
+# tiny_model (conftest.py) records its data spectrum at this side
+TINY_SPECTRUM_SIDE = 16
 # 2 repeats x 4 batches = 8 units, each sampling every plan on one image
 CFG = dict(size=(16, 16), steps=4, n=4, time_batch=1, repeats=2, deltas=(0.1,),
            methods=("baseline", "spd", "matched"), n_real=8)
 TIMING = ("wall_median_s", "wall_min_s", "wall_max_s", "speedup", "speedup_over_flop_ratio")
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    net = UNet(TINY)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    path = tmp_path_factory.mktemp("m") / "tiny.safetensors"
-    save_model(path, net.state_dict(), TINY,
-               meta={"data": "skimage", "spectrum": {"16": [3.0, 2.3]}})
-    return str(path)
 
 
 class Stop(Exception):

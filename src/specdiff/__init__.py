@@ -15,10 +15,30 @@ A plan's stages may each have their own entering transition
 from keys to denoisers.
 """
 
-from .plans import Plan, PlanMeta, Stage, full_plan, spd_plan
-from .sampling import sample
-from .transitions import Pyramid, Spectral, X0Renoise
+from __future__ import annotations
 
-__all__ = ["Plan", "PlanMeta", "Stage", "full_plan", "spd_plan", "sample", "Spectral", "Pyramid",
-           "X0Renoise"]
+import importlib
+
+# The public names, imported on first use (PEP 562): `import specdiff` and the CLI's
+# `--help` and argument errors then start without importing torch (about a second).
+_EXPORTS = {
+    "Plan": "plans", "PlanMeta": "plans", "Stage": "plans", "full_plan": "plans",
+    "spd_plan": "plans", "sample": "sampling", "Spectral": "transitions",
+    "Pyramid": "transitions", "X0Renoise": "transitions",
+}
+
+__all__ = list(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'specdiff' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -9,8 +9,9 @@ converted to RGB, and float images are taken as stored (they must lie in
 ``[0, 1]``). Consumers that work in the diffusion range convert explicitly
 with ``2 * x - 1``.
 
-Writing: :func:`save_png` takes ``(C, H, W)`` in ``[-1, 1]`` (the samplers'
-range) and writes an 8-bit PNG atomically; :func:`image_grid` lays batches
+Writing: :func:`save_png` takes ``(C, H, W)`` in about ``[-1, 1]`` (the samplers'
+range; samples are not clamped, 8 of the UNet reach -1.26 and 1.23), clamps it to
+``[-1, 1]`` and writes an 8-bit PNG atomically; :func:`image_grid` lays batches
 out as rows.
 """
 
@@ -169,7 +170,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def save_png(path: str | os.PathLike, img: torch.Tensor) -> None:
-    """``(C, H, W)`` in [-1, 1] -> an 8-bit PNG (grey for one channel), written atomically."""
+    """``(C, H, W)`` in about [-1, 1] -> an 8-bit PNG (clamped to [-1, 1]; grey for one
+    channel), written atomically."""
     from PIL import Image
 
     arr = to_uint8(img[None])[0]

@@ -16,15 +16,31 @@
 Imports flow one way: the core and the models never import this package.
 """
 
-from .bench import BenchConfig, build_plans, demo_config, run_bench
-from .generate import SampleConfig, generate
-from .methods import ALL_METHODS, METHODS, Method, Setting, has_closed_form
-from .optimize import optimal_plan
-from .schedule import schedule_row, schedule_rows
-from .spectrum import fit_arrays, load_arrays
-from .testbed import compare_on_testbed, long_step_study, run_testbed
+from __future__ import annotations
 
-__all__ = ["optimal_plan", "METHODS", "ALL_METHODS", "Method", "Setting", "has_closed_form",
-           "compare_on_testbed", "long_step_study", "run_testbed", "BenchConfig", "run_bench",
-           "build_plans", "demo_config", "SampleConfig", "generate", "schedule_row",
-           "schedule_rows", "load_arrays", "fit_arrays"]
+import importlib
+
+# imported on first use (PEP 562): the CLI reads .names without importing torch
+_EXPORTS = {
+    "BenchConfig": "bench", "build_plans": "bench", "demo_config": "bench", "run_bench": "bench",
+    "SampleConfig": "generate", "generate": "generate", "ALL_METHODS": "methods",
+    "METHODS": "methods", "Method": "methods", "Setting": "methods",
+    "has_closed_form": "methods", "optimal_plan": "optimize", "schedule_row": "schedule",
+    "schedule_rows": "schedule", "fit_arrays": "spectrum", "load_arrays": "spectrum",
+    "compare_on_testbed": "testbed", "long_step_study": "testbed", "run_testbed": "testbed",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -314,7 +314,9 @@ class MethodResult:
 
 def seeded_noise(seed: int, channels: int, size, start: int, count: int):
     """Full-resolution noise for images ``start .. start+count`` (image ``i`` uses seed
-    ``seed + i``, whatever the batch) and per-image generators for any fresh noise."""
+    ``seed + i`` whatever the batch: the same noise, and samples equal to within 1e-5, not
+    bitwise, as batched kernels round differently) and per-image generators for any fresh
+    noise."""
     gens = [torch.Generator().manual_seed(seed + i) for i in range(start, start + count)]
     noise = make_noise((count, channels, *size), gens)
     fresh = [torch.Generator().manual_seed(10_000_019 + seed + i)
@@ -403,8 +405,12 @@ def _run_units(cfg: BenchConfig, bm: BenchModel, plans, results, units, done: di
     bar = tqdm(total=len(todo) * sum(p.steps for p in plans), desc="sampling", unit="step",
                disable=not progress, leave=False)
 
+    in_bar = [0.0]  # seconds spent in tick during the current timed call
+
     def tick(_info):  # one tick per solver step: a 128^2 batch takes tens of seconds
+        t = time.perf_counter()
         bar.update(1)
+        in_bar[0] += time.perf_counter() - t
 
     for rep, b in todo:
         noise, gens = seeded_noise(cfg.seed, bm.channels, cfg.size, b * cfg.time_batch,
@@ -413,10 +419,12 @@ def _run_units(cfg: BenchConfig, bm: BenchModel, plans, results, units, done: di
         for k, p in enumerate(plans):
             bar.set_postfix_str(f"batch {len(done) + 1}/{len(units)}, method {k + 1}/"
                                 f"{len(plans)}", refresh=False)
+            in_bar[0] = 0.0
             t0 = time.perf_counter()
             x = sample(bm.denoiser, p, solver=cfg.solver, noise=noise, generator=gens,
                        callback=tick if progress else None)
-            times.append(time.perf_counter() - t0)
+            # the progress bar's own time is not the method's: leave it out of the timing
+            times.append(time.perf_counter() - t0 - in_bar[0])
             if rep == 0:
                 xs.append(x.float().clamp(-1, 1))
         done[(rep, b)] = {"session": session, "times": times}
@@ -542,7 +550,7 @@ class _Partial:
     """``out/partial/``: ``state.json`` (format, fingerprint, plans, sessions, finished
     units with their per-plan wall-clock) and ``batch_BBBB.safetensors`` (repeat 0's
     samples of batch ``B``: key ``plan_KKK`` is plan ``K``'s ``(time_batch, C, H, W)``
-    float32 in [-1, 1]). A unit's samples are written before the state that lists it,
+    float32, clamped to [-1, 1]). A unit's samples are written before the state that lists it,
     each file atomically, so a stop at any point leaves a consistent folder."""
 
     def __init__(self, out: Path, fingerprint: dict, *, fresh: bool = False):

@@ -36,6 +36,7 @@ from ..plans import (
 )
 from ..testbeds import CLOSED_FORM_TRANSITIONS
 from ..transitions import Spectral, Transition, X0Renoise
+from .names import SPD_DELTAS
 
 __all__ = ["Method", "METHODS", "ALL_METHODS", "Setting", "CLOSED_FORM_TRANSITIONS",
            "has_closed_form", "SPD_SCALES", "SPD_DELTAS", "CONTINUATIONS", "PYRAMIDAL_SCALES",
@@ -47,8 +48,6 @@ __all__ = ["Method", "METHODS", "ALL_METHODS", "Setting", "CLOSED_FORM_TRANSITIO
 
 #: stage scales of the two SPD variants (the paper's 2 stages, and 3)
 SPD_SCALES = {"spd": (0.5, 1.0), "spd3": (0.25, 0.5, 1.0)}
-#: the SPD tolerance sweep (paper Eq. 9); 0.01 is the paper's FLUX setting
-SPD_DELTAS = (0.01, 0.05, 0.1, 0.2)
 #: what SPD does after a switch: the paper's rule, and respaced remaining steps
 CONTINUATIONS = ("keep", "respace")
 #: Pyramid Flow's three equal time windows (arXiv 2410.05954)

@@ -24,7 +24,7 @@ from ..spectral import fit_power_law, rapsd
 from .schedule import check_steps, schedule_row
 
 __all__ = ["TENSOR_EXTENSIONS", "collect_files", "load_arrays", "SpectrumFit", "fit_arrays",
-           "implied_switches", "switch_table", "fit_record", "rapsd_plot"]
+           "count_text", "implied_switches", "switch_table", "fit_record", "rapsd_plot"]
 
 #: tensor files read as stored
 TENSOR_EXTENSIONS = (".npy", ".pt")
@@ -107,7 +107,14 @@ class SpectrumFit:
     A: float
     beta: float
     grid: tuple[int, int]
+    #: 2-D planes the RAPSD averages: every channel (and video frame) of every sample,
+    #: e.g. 15 for 5 RGB images; not the number of images (that is ``samples``)
     frames: int
+    #: samples fitted: images, or the leading axis ``N`` of each tensor (a ``(C, H, W)`` or
+    #: ``(H, W)`` tensor is one)
+    samples: int
+    #: video frames of the ``(N, C, T, H, W)`` tensors (``N * T``), 0 when none is a video
+    video_frames: int
 
     @property
     def spectrum(self) -> PowerSpectrum:
@@ -125,7 +132,28 @@ def fit_arrays(arrays: Sequence[torch.Tensor]) -> SpectrumFit:
     freqs, power = rapsd(data)
     A, beta = fit_power_law(freqs, power, fmin=1.0)
     h, w = data.shape[-2:]
-    return SpectrumFit(freqs, power, A, beta, (int(h), int(w)), int(data.shape[0]))
+    # a sample is the leading axis of (N, C, H, W); channels (axis 1) are not samples,
+    # and the further axes of (N, C, T, H, W) are video frames
+    samples = sum(int(a.shape[0]) if a.ndim >= 4 else 1 for a in arrays)
+    video_frames = sum(int(a.shape[:-2].numel()) // int(a.shape[1]) for a in arrays if a.ndim >= 5)
+    return SpectrumFit(freqs, power, A, beta, (int(h), int(w)), int(data.shape[0]), samples,
+                       video_frames)
+
+
+def count_text(fit: SpectrumFit, images: int = 0) -> str:
+    """What ``fit`` averages, in words: ``"5 images"``, ``"8 samples"``, ``"2 samples,
+    18 video frames"``, or images and samples together; ``images`` of ``fit.samples`` are
+    images (decoded image files, or the images whose latents were fitted)."""
+
+    def n(k: int, noun: str) -> str:
+        return f"{k} {noun}" + ("" if k == 1 else "s")
+
+    parts = [n(images, "image")] if images else []
+    if fit.samples > images:
+        parts.append(n(fit.samples - images, "tensor sample"))
+    if fit.video_frames:
+        parts.append(n(fit.video_frames, "video frame"))
+    return ", ".join(parts)
 
 
 def implied_switches(fit: SpectrumFit, steps: int, shift: float, scales: Sequence[float],
@@ -165,6 +193,7 @@ def fit_record(fit: SpectrumFit, switches: Sequence[dict]) -> dict:
     spd = [{"delta": r["delta"], "t_star": [st["t_star"] for st in r["stages"][:-1]],
             "switch_steps": r["switch_steps"]} for r in switches if "error" not in r]
     return {"A": fit.A, "beta": fit.beta, "grid": list(fit.grid), "frames": fit.frames,
+            "samples": fit.samples, "video_frames": fit.video_frames,
             "freqs": fit.freqs.tolist(), "power": fit.power.tolist(), "spd": spd}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..plans import MAX_STEPS
+from ..limits import MAX_STEPS
 
 
 def floats(text: str) -> tuple[float, ...]:

@@ -9,7 +9,7 @@ import json
 import os
 import time
 
-from ..analysis.methods import SPD_DELTAS
+from ..analysis.names import SPD_DELTAS
 from ..cli import CLIError
 from ..fileio import atomic_write_text, check_output_dir, check_output_file
 from ._args import floats as _floats
@@ -157,6 +157,9 @@ def cmd_analyze(args) -> int:
 
     from ..analysis.schedule import check_deltas
     from ..analysis.spectrum import (
+        TENSOR_EXTENSIONS,
+        collect_files,
+        count_text,
         fit_arrays,
         fit_record,
         implied_switches,
@@ -176,14 +179,17 @@ def cmd_analyze(args) -> int:
             raise CLIError(f"--vae needs the diffusers integration: {e}") from None
         arrays = [encode_images(args.vae, args.images, size=args.size).to(torch.float64)]
         what = f"latents of {args.images} through {args.vae}"
+        images = len(arrays[0])
     else:
         if not args.paths:
             raise CLIError("give image/tensor paths, or --vae PATH --images DIR")
         arrays = load_arrays(args.paths, args.size)
         what = ", ".join(args.paths)
+        images = sum(not f.lower().endswith(TENSOR_EXTENSIONS) for f in collect_files(args.paths))
     fit = fit_arrays(arrays)
     h, w = fit.grid
-    print(f"# Spectrum of {what}: {fit.frames} frames of {h}x{w}")
+    # images (or tensor samples / video frames), not fit.frames: that counts every channel
+    print(f"# Spectrum of {what}: {count_text(fit, images)} of {h}x{w}")
     print(f"A = {fit.A:.6g}, beta = {fit.beta:.4f}   (P(w) = A w^-beta, w in cycles per image, DCT)")
     rows = implied_switches(fit, args.steps, args.shift, args.scales, args.delta)
     print(f"\nImplied SPD switches on a {h}x{w} grid, {args.steps} steps, SD3 shift {args.shift}:")
