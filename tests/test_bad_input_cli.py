@@ -76,6 +76,15 @@ CASES = [
       "{out}"], "is a dit model, not unet"),
     (["train", "--init", "dit", "--model-config", '{{"dim": 64}}', "--steps", "2", "--out",
       "{out}"], "does not apply with init"),
+    # found by a sweep of bad values over every command (accepted before)
+    (["sample", "--scales", "0.001,1", "--out", "{out}"], "below the smallest stage side 8"),
+    (["bench", "--fd-model", "{dir}/nope.pt", "--out", "{out}"], "feature model"),
+    (["train", "--pixels", "0", "--out", "{out}"], "must hold at least one crop"),
+    (["train", "--sizes", "16,16", "--out", "{out}"], "must be distinct"),
+    (["train", "--stop-after", "0", "--steps", "2", "--out", "{out}"], "positive integer"),
+    (["analyze", "{npy}", "--scales", "0.5", "--out", "{out}"], "scales must end at 1.0"),
+    (["generate", "--pipeline", "{pipe}", "--prompt", "x", "--guidance", "nan", "--out", "{out}"],
+     "guidance (--guidance) must be a finite number"),
     # thread counts
     (["sample", "--threads", "-1", "--out", "{out}"], "positive integer"),
     (["sample", "--threads", "0", "--out", "{out}"], "positive integer"),

@@ -106,6 +106,8 @@ class BenchConfig:
                              f"(default 256), got {self.n_real}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be a positive number of CPU threads, got {self.threads}")
+        if self.fd_model:
+            M.check_feature_model(self.fd_model)  # before the sampling, not after it
 
 
 # ---------------------------------------------------------------------------

@@ -394,6 +394,22 @@ class CLIPExtractor:
         return self.model(pixel_values=x).image_embeds
 
 
+def check_feature_model(spec: str | os.PathLike | Callable) -> None:
+    """What :func:`load_feature_extractor` checks before loading: a callable, a local
+    TorchScript file, or a folder with ``config.json``. For a run's arguments, so a wrong
+    path fails before the work and not at its end."""
+    if callable(spec):
+        return
+    p = Path(spec).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(
+            f"feature model {p} not found; pass a local TorchScript Inception file or a local "
+            "CLIP folder (nothing is downloaded)"
+        )
+    if p.is_dir() and not (p / "config.json").is_file():
+        raise ValueError(f"{p} has no config.json; expected a Hugging Face CLIP folder")
+
+
 def load_feature_extractor(spec: str | os.PathLike | Callable, *, device="cpu") -> Callable:
     """A feature extractor from a local model: a TorchScript file (``.pt``/``.pth``/``.jit``,
     e.g. an FID Inception) or a Hugging Face CLIP folder (with ``config.json``).
@@ -403,15 +419,9 @@ def load_feature_extractor(spec: str | os.PathLike | Callable, *, device="cpu") 
     """
     if callable(spec):
         return spec
+    check_feature_model(spec)
     p = Path(spec).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(
-            f"feature model {p} not found; pass a local TorchScript Inception file or a local "
-            "CLIP folder (nothing is downloaded)"
-        )
     if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise ValueError(f"{p} has no config.json; expected a Hugging Face CLIP folder")
         return CLIPExtractor(p, device=device)
     try:
         return TorchScriptExtractor(p, device=device,

@@ -167,9 +167,11 @@ def cmd_analyze(args) -> int:
         rapsd_plot,
         switch_table,
     )
+    from ..plans import check_scales
 
     check_output_dir(args.out, "--out")
     check_deltas(args.delta, "--delta")
+    check_scales(args.scales)
     if args.vae:
         if not args.images:
             raise CLIError("--vae needs --images DIR (the images to encode)")

@@ -74,7 +74,7 @@ def register(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=None)
     p.add_argument("--log-every", type=int, default=None)
     p.add_argument("--no-resume", action="store_true", help="start over even if --out has a run")
-    p.add_argument("--stop-after", type=int, default=None,
+    p.add_argument("--stop-after", type=_positive_int, default=None,
                    help="stop after this many steps in this call (resume later)")
     p.add_argument("--cpu", action="store_true", help="force CPU even when GPUs are visible")
     p.add_argument("--threads", type=_positive_int, default=None,

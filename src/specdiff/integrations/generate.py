@@ -20,6 +20,7 @@ arguments into a :class:`GenerateConfig` and calls :func:`run`):
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -85,6 +86,10 @@ class GenerateConfig:
             size = as_shape(self.size, "size (--size)")
             if len(size) != 2:
                 raise ValueError(f"size (--size) is (height, width) in pixels, got {self.size}")
+        g = self.guidance
+        if g is not None and (isinstance(g, bool) or not isinstance(g, int | float)
+                              or not math.isfinite(g)):
+            raise ValueError(f"guidance (--guidance) must be a finite number, got {g!r}")
         f = self.frames
         if f is not None and (isinstance(f, bool) or not isinstance(f, int) or f < 1):
             raise ValueError(f"frames (--frames) must be a positive integer (4k+1 for Wan), "

@@ -73,6 +73,9 @@ class TrainConfig:
             raise ValueError("sizes and size_weights need the same (non-zero) length")
         if any(s < 8 for s in self.sizes) or any(w < 0 for w in self.size_weights):
             raise ValueError("crop sizes must be >= 8 and weights >= 0")
+        if len(set(self.sizes)) != len(self.sizes):
+            raise ValueError(f"crop sizes (--sizes) must be distinct, got {self.sizes}; weigh a "
+                             "size with --size-weights instead")
         if self.window < 0:
             raise ValueError(f"window must be >= 0 (0: 1:1 crops allowed), got {self.window}")
         if not sum(self.size_weights) > 0:
@@ -86,6 +89,11 @@ class TrainConfig:
         objective_class(self.objective).check(self)
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("checkpoint_every and log_every must be >= 1")
+        if self.pixels < max(self.sizes) ** 2:
+            # batch_for would round a smaller budget up to one crop without saying so
+            raise ValueError(f"pixels (--pixels, the pixel budget per step) must hold at least "
+                             f"one crop of the largest size {max(self.sizes)}: >= "
+                             f"{max(self.sizes) ** 2}, got {self.pixels}")
         config_from_dict(self.model)
         return self
 
