@@ -81,8 +81,9 @@ def test_optimal_names_its_scales_and_filters_candidates():
     s = setting(steps=12, grid=(16, 16))
     assert M.optimal_scales(s) == (0.25, 0.375, 0.5, 0.625, 0.75)
     odd = M.Setting(lambda n: flow_times(n, 2.0), 12, (16, 16), FLUX, multiple=8)
-    # on multiples of 8 a 16^2 grid has one coarse grid, 8^2; 0.75 rounds up to the full grid
-    assert M.optimal_scales(odd) == (0.25, 0.375, 0.5, 0.625)
+    # on multiples of 8 a 16^2 grid has one coarse grid, 8^2; 0.75 rounds up to the full grid,
+    # and 0.25 asks for a side of 4, below one multiple (it is not rounded up to twice that)
+    assert M.optimal_scales(odd) == (0.375, 0.5, 0.625)
     p = M.optimal(s, max_stages=2, scales=(0.5,), deltas=(0.05, 0.2), refine=0, tolerance=0.5)
     assert p.meta.family == "optimal"
     assert p.name == "optimal " + "/".join(f"{st.grid[0] / 16:g}" for st in p.stages)

@@ -612,14 +612,14 @@ def stage_grids(grid, scales, *, multiple: int = 1, axes: int = 2) -> list[tuple
         g = list(grid)
         for a in range(len(grid) - axes, len(grid)):
             k = int(round(grid[a] * s / multiple))
-            if k == 0:
+            if k == 0 and multiple > 1:  # (multiple 1: the plans' own 1x1-stage check says it)
                 # rounding up to one multiple would silently give a stage many times the
                 # size asked for (scale 0.001 on 128 with multiple 8: 8, not 0.128)
                 raise ValueError(
                     f"scale {s:g} asks for a side of {grid[a] * s:g} on the {grid} grid, below "
                     f"the smallest stage side {multiple} (stage sides are multiples of "
                     f"{multiple}); use scales of at least {multiple / grid[a]:.3g}")
-            g[a] = k * multiple
+            g[a] = max(multiple, k * multiple)
         out.append(tuple(g))
     for a, b in zip(out, out[1:]):
         if a == b:
