@@ -4,6 +4,20 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _spectrum_cache(tmp_path_factory):
+    """Automatic VAE spectrum fits cache into a folder of the test session, never the user's."""
+    import os
+
+    old = os.environ.get("SPECDIFF_CACHE_DIR")
+    os.environ["SPECDIFF_CACHE_DIR"] = str(tmp_path_factory.mktemp("spectrum-cache"))
+    yield
+    if old is None:
+        os.environ.pop("SPECDIFF_CACHE_DIR", None)
+    else:
+        os.environ["SPECDIFF_CACHE_DIR"] = old
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Run a module's tests with one torch thread (tiny models on a shared 2-core machine

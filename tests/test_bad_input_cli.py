@@ -59,8 +59,6 @@ CASES = [
       "0.1,1", "--out", "{out}"], "needs stage sides that are multiples of 2"),
     (["generate", "--pipeline", "{pipe}", "--prompt", "x", "--frames", "9", "--out", "{out}"],
      "is for video pipelines"),
-    (["generate", "--pipeline", "{sdxl}", "--prompt", "x", "--out", "{out}"],
-     "no known latent spectrum"),
     # SD3 with a patch-4 transformer (read from transformer/config.json): 288 px is a 36^2
     # latent grid, whose half (18) is no multiple of 4 (it is of SD3's usual 2)
     (["generate", "--pipeline", "{sd3}", "--prompt", "x", "--spectrum", "flux", "--size",

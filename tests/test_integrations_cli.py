@@ -91,10 +91,21 @@ def test_generate_errors(saved, tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(_args(saved, tmp_path / "o", "--scales", "0.5,0.8")) == 2
     assert "end at 1.0" in capsys.readouterr().err
-    # SDXL has no default spectrum: the message says how to get one
-    assert main(["generate", "--pipeline", str(saved / "pipe"), "--prompt", "x", "--steps", "2",
-                 "--size", "64", "--out", str(tmp_path / "o")]) == 2
-    assert "specdiff analyze" in capsys.readouterr().err
+
+
+
+def test_generate_sdxl_spd_fits_its_spectrum_once(saved, tmp_path, capsys):
+    """SDXL has no published VAE constants: SPD fits them on the shipped photos, says so,
+    and a second run reads the cache (the session's cache folder, see conftest)."""
+    argv = ["generate", "--pipeline", str(saved / "pipe"), "--prompt", "x", "--steps", "2",
+            "--size", "64"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "fitting the latent spectrum of this AutoencoderKL" in err
+    rec = json.loads((tmp_path / "a" / "000000.json").read_text())
+    assert rec["scales"] == [0.5, 1.0] and rec["spectrum"] is None
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    assert "fitting" not in capsys.readouterr().err
 
 
 def test_generate_plain_scales_and_jsonl(saved, tmp_path):

@@ -107,7 +107,9 @@ class SpectralPipeline:
             spectrum: data power law for the switch times: a name in
                 ``specdiff.plans.SPECTRA`` (``"flux"``, ``"wan"``), a
                 ``PowerSpectrum`` or ``(A, beta)`` from ``specdiff analyze``.
-                ``None`` uses the family's known VAE constants (FLUX, Wan).
+                ``None`` uses the family's known VAE constants (FLUX, Wan), or else
+                fits the VAE's once on shipped photos and caches it on disk
+                (:mod:`specdiff.integrations.auto_spectrum`).
             transition: the transition entering each finer stage: a
                 :mod:`specdiff.transitions` object that carries the state
                 (``Spectral("dct")``, SPD's; ``Spectral("fft")``,
@@ -183,11 +185,15 @@ class SpectralPipeline:
             return full_plan(ad.times, grid)
         if spectrum is None:
             spectrum = ad.default_spectrum
-            if spectrum is None:
-                raise ValueError(
-                    f"{ad.family}: no known latent spectrum for this VAE; fit one with "
-                    "`specdiff analyze --vae PATH --images DIR` and pass spectrum=(A, beta), or "
-                    "borrow FLUX's with spectrum='flux'")
+        if spectrum is None:
+            # no published constants for this VAE: fit them once on shipped photos (cached)
+            from .auto_spectrum import auto_spectrum
+
+            vsf = _vae_scale(ad.pipe) or 8
+            cfg = getattr(ad.pipe, "_progress_bar_config", {}) or {}
+            spectrum = auto_spectrum(getattr(ad.pipe, "vae", None), grid[-2] * vsf,
+                                     grid[-1] * vsf, grid[-2:],
+                                     progress=not cfg.get("disable", False))
         check_stage_sizes(ad.family, ad.packing, ad.multiple, _vae_scale(ad.pipe), grid, sc)
         return spd_plan(ad.times, grid, sc, spectrum=spectrum, delta=delta,
                         transition=transition, multiple=ad.multiple, axes=2)

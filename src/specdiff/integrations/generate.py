@@ -364,8 +364,8 @@ def check_generate_config(cfg: GenerateConfig) -> None:
     the pipeline loads (minutes for a real model) and before anything is written.
 
     From ``model_index.json``: the pipeline class (one ``SpectralPipeline`` supports),
-    whether it makes videos (``frames`` is refused on an image pipeline), its ``positions``
-    and whether it has a default spectrum; from ``vae/``, ``transformer/`` and ``unet/``
+    whether it makes videos (``frames`` is refused on an image pipeline) and its
+    ``positions``; from ``vae/``, ``transformer/`` and ``unet/``
     ``config.json``: the latent grid of ``size`` (or the pipeline's default size), and that
     every coarse stage of ``scales`` fits the family's packing. The same checks run again
     on the loaded pipeline, so a folder without some configs is still checked in full then.
@@ -385,10 +385,6 @@ def check_generate_config(cfg: GenerateConfig) -> None:
     scales = tuple(float(s) for s in cfg.scales)
     if scales == (1.0,):
         return
-    if cfg.spectrum is None and adapter.default_spectrum is None:
-        raise ValueError(f"{adapter.family}: no known latent spectrum for this VAE; fit one with "
-                         "`specdiff analyze --vae PATH --images DIR` and pass --spectrum A,beta, "
-                         "or borrow FLUX's with --spectrum flux")
     layout = adapter.folder_layout(lambda sub: _folder_json(cfg.pipeline, f"{sub}/config.json"))
     size = cfg.size if cfg.size is not None else (layout.default_size if layout else None)
     if layout is None or size is None:

@@ -27,7 +27,7 @@ import torch
 
 from ..images import IMAGE_EXTENSIONS, image_size, list_images, read_image
 
-__all__ = ["encode_images", "load_vae", "normalise_latents"]
+__all__ = ["encode_images", "encode_files", "load_vae", "normalise_latents", "spatial_factor"]
 
 
 def _vae_folder(vae_path: str) -> str:
@@ -80,7 +80,8 @@ def normalise_latents(vae, z: torch.Tensor) -> torch.Tensor:
     return (z - shift) * sf
 
 
-def _spatial_factor(vae) -> int:
+def spatial_factor(vae) -> int:
+    """Pixels per latent cell of ``vae`` (its spatial downsampling factor)."""
     if _is_video_vae(vae):
         return 2 ** len(getattr(vae.config, "temperal_downsample", [0, 0, 0]))
     return 2 ** (len(vae.config.block_out_channels) - 1)
@@ -123,27 +124,41 @@ def encode_images(vae_path: str, images_dir: str, *, size: int | None = None, de
         ``(N, C, h, w)`` float32 latents on the CPU, normalised as the pipeline's
         denoiser sees them.
     """
-    from tqdm.auto import tqdm
-
     files = _list_images(images_dir)
     if max_images is not None:
         if max_images < 1:
             raise ValueError(f"max_images must be at least 1, got {max_images}")
         files = files[:max_images]
     vae = load_vae(vae_path, device=device)
-    f = _spatial_factor(vae)
+    f = spatial_factor(vae)
     if size is None:
         smallest = min(min(image_size(p)) for p in files)
         size = min(512, smallest)
     side = (int(size) // f) * f
     if side < f:
         raise ValueError(f"size {size} is smaller than the VAE's downsampling factor {f}")
+    return encode_files(vae, files, side, batch_size=batch_size, sample=sample, seed=seed,
+                        progress=progress)
+
+
+def encode_files(vae, files, side: int, *, batch_size: int = 4, sample: bool = False,
+                 seed: int = 0, progress: bool = True) -> torch.Tensor:
+    """Encode image ``files`` (centre squares resized to ``side`` pixels, a multiple of the
+    VAE's factor) with a loaded ``vae``, on its device and in its dtype.
+
+    Returns ``(N, C, side / f, side / f)`` float32 latents on the CPU, normalised as the
+    pipeline's denoiser sees them (posterior mean, or a seeded draw with ``sample``).
+    """
+    from tqdm.auto import tqdm
+
+    param = next(vae.parameters())
     video = _is_video_vae(vae)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []
     with torch.no_grad():
         for i in tqdm(range(0, len(files), batch_size), disable=not progress, desc="encoding"):
-            x = torch.stack([_load_square(p, side) for p in files[i:i + batch_size]]).to(device)
+            x = torch.stack([_load_square(p, side) for p in files[i:i + batch_size]])
+            x = x.to(device=param.device, dtype=param.dtype)
             if video:
                 x = x.unsqueeze(2)  # (B, 3, 1, H, W): one-frame videos
             dist = vae.encode(x).latent_dist
