@@ -150,6 +150,7 @@ class Adapter:
         self.tensors: dict[str, torch.Tensor] = {}
         self.start_scale = 1.0
         self._last_grid: tuple[int, ...] | None = None
+        self._after_evaluation: list = []  # undo callables of cache_hooks.reset_for_new_grid
         self.prepare()
 
     # ------------------------------------------------------------------
@@ -300,14 +301,13 @@ class Adapter:
         return getattr(self.pipe, self.denoiser_attr)
 
     def reset_caches(self) -> None:
-        """Reset stateful diffusers hooks (block caches etc.) on the denoiser: their
-        cached activations have the previous grid's shape. Only registries that
-        already exist are touched (nothing is added to the module)."""
-        mod = self.denoiser_module
-        for m in mod.modules():
-            reg = m.__dict__.get("_diffusers_hook")
-            if reg is not None:
-                reg.reset_stateful_hooks(recurse=False)
+        """At a transition: clear the stateful diffusers hooks (step caches) on the denoiser
+        of their activations, which have the previous grid's shape, but keep their step
+        counters on the run's global step (:mod:`specdiff.integrations.cache_hooks`). Only
+        registries that already exist are touched (nothing is added to the module)."""
+        from ..cache_hooks import reset_for_new_grid
+
+        self._after_evaluation.extend(reset_for_new_grid(self.denoiser_module))
 
     #: :func:`specdiff.sample` passes ``step_info=`` (the walk position of each call)
     takes_step_info: ClassVar[bool] = True
@@ -336,6 +336,14 @@ class Adapter:
         if self._last_grid is not None and grid != self._last_grid:
             self.reset_caches()
         self._last_grid = grid
+        try:
+            return self._evaluate(x, t, step_info)
+        finally:
+            # overrides a cache needed for this one evaluation (cache_hooks), undone
+            while self._after_evaluation:
+                self._after_evaluation.pop()()
+
+    def _evaluate(self, x: torch.Tensor, t: torch.Tensor, step_info: StepInfo | None):
         tf = float(t.reshape(-1)[0])
         timestep, sigma = self.timestep(tf)
         ev = self.evaluation(tf, sigma, step_info)
