@@ -45,7 +45,8 @@ from ..transitions import Spectral, Transition, as_transition
 from .families import find_adapter
 from .families.base import Interrupted
 
-__all__ = ["SpectralPipeline", "check_stage_sizes"]
+__all__ = ["SpectralPipeline", "check_stage_sizes", "check_parallel_stages", "context_parallel_degree",
+           "stage_tokens"]
 
 # Loop state the pipelines keep on themselves for callbacks and properties;
 # we set it like the pipeline does and restore it afterwards.
@@ -145,7 +146,9 @@ class SpectralPipeline:
                 kw = self._bind(args, kwargs)
                 _check_call_args(kw, scales, delta)
                 ad = self._adapter_cls(pipe, kw, positions=positions, dry=True)
-                return self._make_plan(ad, scales, delta, spectrum, transition)
+                plan = self._make_plan(ad, scales, delta, spectrum, transition)
+                check_parallel_stages(ad, plan)
+                return plan
         finally:
             _restore(pipe, saved)
 
@@ -227,6 +230,7 @@ class SpectralPipeline:
                 plan = self._make_plan(ad, scales, delta, spectrum, transition)
             else:
                 plan = self._check_plan(ad, plan)
+            check_parallel_stages(ad, plan)
             for st in plan.stages:
                 ad.check_grid(st.grid)
             sv = ad.solver(solver)
@@ -321,6 +325,62 @@ def check_stage_sizes(family: str, packing: str, multiple: int, vae_factor: int 
                     f"asks for a side of {want:g}, but {packing or 'the model'} needs stage "
                     f"sides that are multiples of {multiple} (nearest: {side}); use a height/width "
                     f"whose latent side times {s:g} is a multiple of {multiple}{hint}, or other scales")
+
+
+def context_parallel_degree(module) -> int:
+    """How many ranks split the token sequence of ``module`` (diffusers' context parallelism:
+    Ulysses degree x ring degree; 1 without a parallel config)."""
+    cp = getattr(getattr(module, "_parallel_config", None), "context_parallel_config", None)
+    if cp is None:
+        return 1
+    return int(cp.ulysses_degree or 1) * int(cp.ring_degree or 1)
+
+
+def stage_tokens(grid: Sequence[int], multiple: int) -> int:
+    """Image tokens of a latent ``grid`` whose last two sides are embedded in
+    ``multiple x multiple`` patches (leading axes, e.g. video frames, one token row each)."""
+    lead = 1
+    for g in grid[:-2]:
+        lead *= int(g)
+    return lead * (int(grid[-2]) // multiple) * (int(grid[-1]) // multiple)
+
+
+def check_parallel_stages(ad, plan: Plan) -> None:
+    """Under context parallelism every stage's token sequence is sharded over ``degree``
+    ranks, so its length must be a multiple of ``degree`` (diffusers asserts it deep in a
+    hook); a ``ValueError`` naming the pixel sizes near this one that work, otherwise."""
+    degree = context_parallel_degree(ad.denoiser_module)
+    if degree == 1:
+        return
+    m = ad.multiple
+    bad = [st.grid for st in plan.stages if stage_tokens(st.grid, m) % degree]
+    if not bad:
+        return
+    scales = [st.grid[-1] / plan.full_grid[-1] for st in plan.stages]
+    vsf = _vae_scale(ad.pipe) or 8
+    step = vsf * m  # pixel sides the family accepts
+    full = plan.full_grid
+    ok = []
+    for k in range(1, 64):  # nearest square-ish sizes (same aspect), both directions
+        for sign in (-1, 1):
+            h, w = full[-2] * vsf + sign * k * step, full[-1] * vsf + sign * k * step
+            if h < step or w < step:
+                continue
+            hw = (h // vsf, w // vsf)
+            try:
+                grids = stage_grids((*full[:-2], *hw), scales, multiple=m, axes=2)
+            except ValueError:
+                continue
+            if all(stage_tokens(g, m) % degree == 0 for g in grids):
+                ok.append(f"{h}x{w}")
+        if len(ok) >= 2:
+            break
+    g = bad[0]
+    raise ValueError(
+        f"{ad.family} under {degree}-way context parallelism: the stage grid "
+        f"{'x'.join(map(str, g))} has {stage_tokens(g, m)} tokens, which do not split over "
+        f"{degree} ranks; use a height/width such as {' or '.join(ok[:2]) or 'a larger one'} "
+        "(every stage's token count a multiple of the degree), or other scales")
 
 
 def _vae_scale(pipe) -> int | None:
