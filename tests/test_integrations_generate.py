@@ -167,7 +167,7 @@ def test_generate_writes_records_and_resumes(tmp_path):
 # --- checks before loading: what a folder's JSON configs say --------------------------------
 
 
-@pytest.mark.parametrize("family", ["flux", "sd3", "sdxl", "wan"])
+@pytest.mark.parametrize("family", ["flux", "sd3", "sdxl", "wan", "zimage"])
 def test_folder_layout_from_json_matches_the_loaded_pipeline(family, tmp_path):
     """The latent layout read from a saved pipeline's configs (before loading, for the checks
     of ``generate``) equals what the loaded pipeline and its adapter use."""
@@ -189,6 +189,8 @@ def test_folder_layout_from_json_matches_the_loaded_pipeline(family, tmp_path):
     if family == "wan":
         params = inspect.signature(type(pipe).__call__).parameters
         assert layout.default_size == (params["height"].default, params["width"].default)
+    elif family == "zimage":  # `height = height or 1024` in ZImagePipeline.__call__
+        assert layout.default_size == (1024, 1024)
     else:
         assert layout.default_size == (pipe.default_sample_size * vae,) * 2
 

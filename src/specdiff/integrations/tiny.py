@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["tiny_flux", "tiny_sd3", "tiny_sdxl", "tiny_wan", "TINY_BUILDERS", "TokenCounter",
-           "tiny_clip_text"]
+__all__ = ["tiny_flux", "tiny_sd3", "tiny_sdxl", "tiny_wan", "tiny_zimage", "TINY_BUILDERS",
+           "TokenCounter", "tiny_clip_text"]
 
 
 def _embeds(gen: torch.Generator, *shape) -> torch.Tensor:
@@ -200,7 +200,31 @@ def tiny_wan(seed: int = 0, *, size: int = 128, frames: int = 9, steps: int = 4,
     return pipe, kwargs
 
 
-TINY_BUILDERS = {"flux": tiny_flux, "sd3": tiny_sd3, "sdxl": tiny_sdxl, "wan": tiny_wan}
+def tiny_zimage(seed: int = 0, *, size: int = 128, steps: int = 4):
+    """Z-Image-shaped pipeline: single-stream DiT over a list of ``(C, 1, h, w)`` latents,
+    2x2 patches, 3-axis RoPE, FLUX.1's VAE constants, true CFG on per-sample prompt lists
+    (prompt embeddings of different lengths), Z-Image's scheduler (static shift 3)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32, n_layers=2,
+        n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=16, axes_dims=[4, 6, 6],
+        axes_lens=[64, 64, 64])
+    vae = _kl_vae(16, 0.3611, 0.1159, quant=False)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0,
+                                                use_dynamic_shifting=False)
+    pipe = ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None,
+                          transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(seed + 1)
+    kwargs = dict(prompt_embeds=[_embeds(g, 12, 16)], negative_prompt_embeds=[_embeds(g, 7, 16)],
+                  height=size, width=size, num_inference_steps=steps, guidance_scale=4.0)
+    return pipe, kwargs
+
+
+TINY_BUILDERS = {"flux": tiny_flux, "sd3": tiny_sd3, "sdxl": tiny_sdxl, "wan": tiny_wan,
+                 "zimage": tiny_zimage}
 
 
 class TokenCounter:
@@ -224,7 +248,14 @@ class TokenCounter:
         if x is None and args:
             x = args[0]
         self.calls += 1
-        if x.ndim == 3:
+        if isinstance(x, list | tuple):  # Z-Image: one (C, F, h, w) tensor per sample
+            for item in x:
+                n = 1
+                for s in item.shape[1:]:
+                    n *= int(s)
+                self.tokens += n
+            self.grids.append(tuple(int(s) for s in x[0].shape[2:]))
+        elif x.ndim == 3:
             self.tokens += int(x.shape[0] * x.shape[1])
             self.grids.append((int(x.shape[1]),))
         else:
