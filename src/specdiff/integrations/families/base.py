@@ -181,6 +181,14 @@ class Adapter:
         """The pipeline's output dataclass (imported lazily: diffusers is optional)."""
         raise NotImplementedError
 
+    def decode_shifted(self, latents: torch.Tensor):
+        """What the FLUX/SD3/Z-Image pipelines do after their loop: ``latents / scaling +
+        shift``, ``vae.decode``, ``image_processor.postprocess`` to ``output_type``."""
+        pipe = self.pipe
+        latents = (latents / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
+        image = pipe.vae.decode(latents, return_dict=False)[0]
+        return pipe.image_processor.postprocess(image, output_type=self.kw["output_type"])
+
     #: the field of :meth:`output_class` that holds the result
     output_field: ClassVar[str] = "images"
 

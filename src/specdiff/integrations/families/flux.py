@@ -211,10 +211,7 @@ class FluxAdapter(Adapter):
         if self.kw["output_type"] == "latent":
             return latents
         latents = pipe._unpack_latents(latents, self.height, self.width, pipe.vae_scale_factor)
-        latents = (latents / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
-        latents = latents.to(get_module_execution_device(pipe.vae))
-        image = pipe.vae.decode(latents, return_dict=False)[0]
-        return pipe.image_processor.postprocess(image, output_type=self.kw["output_type"])
+        return self.decode_shifted(latents.to(get_module_execution_device(pipe.vae)))
 
     def output_class(self):
         from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput

@@ -218,13 +218,10 @@ class SD3Adapter(Adapter):
 
     # --- output --------------------------------------------------------
     def decode(self, x):
-        pipe = self.pipe
         latents = x.to(self.latent_dtype)
         if self.kw["output_type"] == "latent":
             return latents
-        latents = (latents / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
-        image = pipe.vae.decode(latents, return_dict=False)[0]
-        return pipe.image_processor.postprocess(image, output_type=self.kw["output_type"])
+        return self.decode_shifted(latents)
 
     def output_class(self):
         from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusion3PipelineOutput

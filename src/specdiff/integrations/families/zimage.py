@@ -176,10 +176,7 @@ class ZImageAdapter(Adapter):
         pipe = self.pipe
         if self.kw["output_type"] == "latent":
             return x
-        latents = x.to(pipe.vae.dtype)
-        latents = (latents / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
-        image = pipe.vae.decode(latents, return_dict=False)[0]
-        return pipe.image_processor.postprocess(image, output_type=self.kw["output_type"])
+        return self.decode_shifted(x.to(pipe.vae.dtype))
 
     def output_class(self):
         from diffusers.pipelines.z_image.pipeline_output import ZImagePipelineOutput
