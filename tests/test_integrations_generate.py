@@ -167,7 +167,7 @@ def test_generate_writes_records_and_resumes(tmp_path):
 # --- checks before loading: what a folder's JSON configs say --------------------------------
 
 
-@pytest.mark.parametrize("family", ["flux", "sd3", "sdxl", "wan", "zimage"])
+@pytest.mark.parametrize("family", ["flux", "sd3", "sdxl", "wan", "zimage", "qwenimage"])
 def test_folder_layout_from_json_matches_the_loaded_pipeline(family, tmp_path):
     """The latent layout read from a saved pipeline's configs (before loading, for the checks
     of ``generate``) equals what the loaded pipeline and its adapter use."""

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["tiny_flux", "tiny_sd3", "tiny_sdxl", "tiny_wan", "tiny_zimage", "TINY_BUILDERS",
-           "TokenCounter", "tiny_clip_text"]
+__all__ = ["tiny_flux", "tiny_sd3", "tiny_sdxl", "tiny_wan", "tiny_zimage", "tiny_qwenimage",
+           "TINY_BUILDERS", "TokenCounter", "tiny_clip_text"]
 
 
 def _embeds(gen: torch.Generator, *shape) -> torch.Tensor:
@@ -223,8 +223,41 @@ def tiny_zimage(seed: int = 0, *, size: int = 128, steps: int = 4):
     return pipe, kwargs
 
 
+def tiny_qwenimage(seed: int = 0, *, size: int = 128, steps: int = 4):
+    """Qwen-Image-shaped pipeline: packed 2x2 latents, MMDiT with ``img_shapes`` RoPE, true
+    CFG with the pipeline's norm rescale, the Qwen-Image (Wan-type) VAE with per-channel
+    latent statistics, FLUX-style mu from the token count."""
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
+
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(
+        patch_size=2, in_channels=64, out_channels=16, num_layers=2, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=16, guidance_embeds=False,
+        axes_dims_rope=(4, 6, 6))
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                                 temperal_downsample=[False, True, True])
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=256, base_shift=0.5, max_image_seq_len=8192, max_shift=0.9,
+        num_train_timesteps=1000, shift=1.0, shift_terminal=0.02, use_dynamic_shifting=True,
+        time_shift_type="exponential")
+    pipe = QwenImagePipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None,
+                             transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(seed + 1)
+    mask = torch.ones(1, 10, dtype=torch.long)
+    kwargs = dict(prompt_embeds=_embeds(g, 1, 10, 16), prompt_embeds_mask=mask,
+                  negative_prompt_embeds=_embeds(g, 1, 10, 16), negative_prompt_embeds_mask=mask,
+                  true_cfg_scale=4.0, height=size, width=size, num_inference_steps=steps)
+    return pipe, kwargs
+
+
 TINY_BUILDERS = {"flux": tiny_flux, "sd3": tiny_sd3, "sdxl": tiny_sdxl, "wan": tiny_wan,
-                 "zimage": tiny_zimage}
+                 "zimage": tiny_zimage, "qwenimage": tiny_qwenimage}
 
 
 class TokenCounter:
