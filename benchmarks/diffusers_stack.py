@@ -3,10 +3,13 @@
 One process, one torch thread, a FLUX.1-architecture transformer (random weights, the real
 3072 width, few blocks) with a FLUX.1-architecture VAE (random weights) for the decoded
 comparison. Variants: ``pipe(...)`` plain; SPD (scales 0.5,1); each diffusers cache
-(FirstBlockCache, TaylorSeer, MagCache with diffusers' FLUX ratios) on ``pipe(...)`` and
-under SPD; ``torch.compile`` (inductor) of the transformer on ``pipe(...)`` and under SPD
-(compile and its first run are excluded: warm-up). Every variant runs ``--repeats`` times,
-interleaved (all variants once, then again), and reports:
+(FirstBlockCache, TaylorSeer, MagCache with diffusers' FLUX ratios) on ``pipe(...)``, under
+SPD with its step counters kept on the global step (``caches="global"``, the default), and
+under SPD in the community pattern (``caches="full_resolution"``: coarse steps uncached,
+the cache started afresh at full resolution); ``torch.compile`` (inductor) of the
+transformer on ``pipe(...)`` and under SPD (compile and its first run are excluded:
+warm-up). Every variant runs ``--repeats`` times, interleaved (all variants once, then
+again), and reports:
 
 * CPU time of the process (``time.process_time``; steadier than wall clock on this shared
   machine, and equal to it with one thread and no waiting) as the median over repeats,
@@ -117,7 +120,8 @@ def main(argv=None) -> None:
         ran.clear()
         try:
             t0 = time.process_time()
-            call = (lambda **k: sp(**k, **spd)) if use_spd else pipe
+            mode = use_spd if isinstance(use_spd, str) else "global"
+            call = (lambda **k: sp(**k, **spd, caches=mode)) if use_spd else pipe
             lat = call(**kw, generator=torch.Generator().manual_seed(0), output_type="latent")[0]
             seconds = time.process_time() - t0
         finally:
@@ -129,6 +133,7 @@ def main(argv=None) -> None:
     for name, cfg in cache_configs(a.steps).items():
         variant_setup[f"pipe + {name}"] = (cfg, False)
         variant_setup[f"SPD + {name}"] = (cfg, True)
+        variant_setup[f"SPD + {name}, full-res only"] = (cfg, "full_resolution")
     variants = list(variant_setup)
     times = {v: [] for v in variants}
     results = {}

@@ -95,3 +95,21 @@ def test_magcache_applies_its_ratios_at_the_global_step(monkeypatch):
     monkeypatch.setattr(cache_hooks, "reset_for_new_grid", _full_reset)
     old = _runs(config)[1]  # step_index restarts: the no-skip window is repeated
     assert old[SWITCH:] != plain[SWITCH:]
+
+
+def test_the_community_pattern_runs_the_coarse_steps_uncached_and_starts_afresh():
+    """``caches="full_resolution"``: every coarse step computes, and at full resolution the
+    cache behaves as in a new run of the remaining steps (its counters from 0)."""
+    pipe, kw = tiny_flux()
+    kw = dict(kw, height=256, width=256, num_inference_steps=N)
+    sp = SpectralPipeline.from_pipe(pipe)
+    pipe.transformer.enable_cache(TAYLORSEER)
+    spd = _computed_steps((pipe, kw, lambda **k: sp(**k, **SPD, caches="full_resolution")))
+    fresh = _computed_steps((pipe, dict(kw, num_inference_steps=N - SWITCH), pipe))
+    assert spd[:SWITCH] == [True] * SWITCH
+    assert spd[SWITCH:] == fresh
+    # ... which is not the global-step pattern
+    plain = _computed_steps((pipe, kw, pipe))
+    assert spd[SWITCH + 1:] != plain[SWITCH + 1:]
+    with pytest.raises(ValueError, match="caches must be one of"):
+        sp(**kw, **SPD, caches="none")

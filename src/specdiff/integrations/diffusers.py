@@ -48,6 +48,9 @@ from .families.base import Interrupted
 __all__ = ["SpectralPipeline", "check_stage_sizes", "check_parallel_stages", "context_parallel_degree",
            "stage_tokens"]
 
+#: what diffusers step caches do across stages (SpectralPipeline.__call__'s ``caches``)
+CACHE_MODES = ("global", "full_resolution")
+
 # Loop state the pipelines keep on themselves for callbacks and properties;
 # we set it like the pipeline does and restore it afterwards.
 _STATE_ATTRS = (
@@ -96,7 +99,7 @@ class SpectralPipeline:
     def __call__(self, *args, scales: Sequence[float] = (0.5, 1.0), delta=0.01,
                  spectrum=None, transition: Transition | str = "dct", plan: Plan | None = None,
                  solver: str = "auto", positions: str = "native", coupled: bool = True,
-                 **kwargs):
+                 caches: str = "global", **kwargs):
         """Run the pipeline with a progressive plan.
 
         Args:
@@ -126,13 +129,20 @@ class SpectralPipeline:
                 centre of the full-res block it covers; FLUX, SD3, Wan).
             coupled: seed-coupled noise (default) or fresh noise from ``generator``
                 at each expansion.
+            caches: what diffusers step caches on the denoiser do across stages.
+                ``"global"`` (default): they run in every stage; at a switch they drop
+                the old grid's activations and keep their step counters on the run's
+                global step (:mod:`specdiff.integrations.cache_hooks`).
+                ``"full_resolution"``: the community pattern, the coarse stages run
+                uncached and the caches start afresh at the first full-resolution step
+                (as if enabled there, their step counters from 0).
 
         Returns:
             What ``pipe(...)`` returns for the same arguments.
         """
         with torch.no_grad():
             return self._run(args, kwargs, scales, delta, spectrum, transition, plan, solver,
-                             positions, coupled)
+                             positions, coupled, caches)
 
     def get_plan(self, *args, scales: Sequence[float] = (0.5, 1.0), delta=0.01, spectrum=None,
                  transition: Transition | str = "dct", positions: str = "native",
@@ -219,13 +229,16 @@ class SpectralPipeline:
         return plan
 
     def _run(self, args, kwargs, scales, delta, spectrum, transition, plan, solver, positions,
-             coupled):
+             coupled, caches="global"):
         pipe = self.pipe
         saved = _snapshot(pipe)
         try:
             kw = self._bind(args, kwargs)
             _check_call_args(kw, scales if plan is None else None, delta)
+            if caches not in CACHE_MODES:
+                raise ValueError(f"caches must be one of {CACHE_MODES}, got {caches!r}")
             ad = self._adapter_cls(pipe, kw, positions=positions)
+            ad.cache_mode = caches
             if plan is None:
                 plan = self._make_plan(ad, scales, delta, spectrum, transition)
             else:

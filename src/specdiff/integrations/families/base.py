@@ -151,6 +151,7 @@ class Adapter:
         self.start_scale = 1.0
         self._last_grid: tuple[int, ...] | None = None
         self._after_evaluation: list = []  # undo callables of cache_hooks.reset_for_new_grid
+        self.cache_mode = "global"  # SpectralPipeline sets it from its ``caches`` argument
         self.prepare()
 
     # ------------------------------------------------------------------
@@ -317,6 +318,14 @@ class Adapter:
 
         self._after_evaluation.extend(reset_for_new_grid(self.denoiser_module))
 
+    def reset_caches_whole(self) -> None:
+        """diffusers' own reset of every stateful hook on the denoiser (activations and step
+        counters): a new run as far as the caches can tell."""
+        for m in self.denoiser_module.modules():
+            reg = m.__dict__.get("_diffusers_hook")
+            if reg is not None:
+                reg.reset_stateful_hooks(recurse=False)
+
     #: :func:`specdiff.sample` passes ``step_info=`` (the walk position of each call)
     takes_step_info: ClassVar[bool] = True
 
@@ -341,7 +350,12 @@ class Adapter:
         ``step_info`` (passed by :func:`specdiff.sample`) places the call on the walk;
         the result depends only on the arguments (and the callback-editable embeddings)."""
         grid = tuple(x.shape[2:])
-        if self._last_grid is not None and grid != self._last_grid:
+        if self.cache_mode == "full_resolution":
+            # the community pattern: every coarse call starts from an empty cache (so it
+            # computes), and the first full-resolution call starts the caches afresh
+            if grid != tuple(self.grid) or self._last_grid != grid:
+                self.reset_caches_whole()
+        elif self._last_grid is not None and grid != self._last_grid:
             self.reset_caches()
         self._last_grid = grid
         try:
