@@ -99,7 +99,7 @@ class SpectralPipeline:
     def __call__(self, *args, scales: Sequence[float] = (0.5, 1.0), delta=0.01,
                  spectrum=None, transition: Transition | str = "dct", plan: Plan | None = None,
                  solver: str = "auto", positions: str = "native", coupled: bool = True,
-                 caches: str = "global", **kwargs):
+                 caches: str = "global", reference: str = "full", **kwargs):
         """Run the pipeline with a progressive plan.
 
         Args:
@@ -136,13 +136,16 @@ class SpectralPipeline:
                 ``"full_resolution"``: the community pattern, the coarse stages run
                 uncached and the caches start afresh at the first full-resolution step
                 (as if enabled there, their step counters from 0).
+            reference: editing pipelines (FLUX.1 Kontext): the reference image's tokens
+                at ``"full"`` resolution in every stage (default), or resized to each
+                ``"stage"``'s scale (cheaper coarse stages). Other families: ``"full"``.
 
         Returns:
             What ``pipe(...)`` returns for the same arguments.
         """
         with torch.no_grad():
             return self._run(args, kwargs, scales, delta, spectrum, transition, plan, solver,
-                             positions, coupled, caches)
+                             positions, coupled, caches, reference)
 
     def get_plan(self, *args, scales: Sequence[float] = (0.5, 1.0), delta=0.01, spectrum=None,
                  transition: Transition | str = "dct", positions: str = "native",
@@ -229,7 +232,7 @@ class SpectralPipeline:
         return plan
 
     def _run(self, args, kwargs, scales, delta, spectrum, transition, plan, solver, positions,
-             coupled, caches="global"):
+             coupled, caches="global", reference="full"):
         pipe = self.pipe
         saved = _snapshot(pipe)
         try:
@@ -237,8 +240,11 @@ class SpectralPipeline:
             _check_call_args(kw, scales if plan is None else None, delta)
             if caches not in CACHE_MODES:
                 raise ValueError(f"caches must be one of {CACHE_MODES}, got {caches!r}")
+            if reference not in self._adapter_cls.reference_modes:
+                raise ValueError(f"{self.family}: reference must be one of "
+                                 f"{self._adapter_cls.reference_modes}, got {reference!r}")
             ad = self._adapter_cls(pipe, kw, positions=positions)
-            ad.cache_mode = caches
+            ad.cache_mode, ad.reference = caches, reference
             if plan is None:
                 plan = self._make_plan(ad, scales, delta, spectrum, transition)
             else:

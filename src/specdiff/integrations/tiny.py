@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["tiny_flux", "tiny_sd3", "tiny_sdxl", "tiny_wan", "tiny_zimage", "tiny_qwenimage",
-           "TINY_BUILDERS", "TokenCounter", "tiny_clip_text"]
+           "tiny_flux_kontext", "TINY_BUILDERS", "TokenCounter", "tiny_clip_text"]
 
 
 def _embeds(gen: torch.Generator, *shape) -> torch.Tensor:
@@ -200,6 +200,23 @@ def tiny_wan(seed: int = 0, *, size: int = 128, frames: int = 9, steps: int = 4,
     return pipe, kwargs
 
 
+def tiny_flux_kontext(seed: int = 0, *, size: int = 128, steps: int = 4):
+    """FLUX.1-Kontext-shaped pipeline (the tiny FLUX transformer and VAE): a reference
+    image's latents (``image=`` with the VAE's 16 channels, so no encode or resize) are
+    appended to the sequence; ``max_area = size^2`` keeps the tiny size."""
+    from diffusers import FluxKontextPipeline
+
+    flux, kwargs = tiny_flux(seed, size=size, steps=steps)
+    pipe = FluxKontextPipeline(scheduler=flux.scheduler, vae=flux.vae, text_encoder=None,
+                               tokenizer=None, text_encoder_2=None, tokenizer_2=None,
+                               transformer=flux.transformer)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(seed + 7)
+    side = size // 8
+    kwargs.update(image=_embeds(g, 1, 16, side, side), max_area=size * size)
+    return pipe, kwargs
+
+
 def tiny_zimage(seed: int = 0, *, size: int = 128, steps: int = 4):
     """Z-Image-shaped pipeline: single-stream DiT over a list of ``(C, 1, h, w)`` latents,
     2x2 patches, 3-axis RoPE, FLUX.1's VAE constants, true CFG on per-sample prompt lists
@@ -257,7 +274,8 @@ def tiny_qwenimage(seed: int = 0, *, size: int = 128, steps: int = 4):
 
 
 TINY_BUILDERS = {"flux": tiny_flux, "sd3": tiny_sd3, "sdxl": tiny_sdxl, "wan": tiny_wan,
-                 "zimage": tiny_zimage, "qwenimage": tiny_qwenimage}
+                 "zimage": tiny_zimage, "qwenimage": tiny_qwenimage,
+                 "flux_kontext": tiny_flux_kontext}
 
 
 class TokenCounter:

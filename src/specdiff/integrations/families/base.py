@@ -137,6 +137,8 @@ class Adapter:
     packing: ClassVar[str] = ""
     #: output class name in the pipeline module, and its field
     positions_supported: ClassVar[tuple[str, ...]] = ("native",)
+    #: how a conditioning image's tokens follow the stages (SpectralPipeline's ``reference``)
+    reference_modes: ClassVar[tuple[str, ...]] = ("full",)
 
     def __init__(self, pipe, kw: dict, *, positions: str = "native", dry: bool = False):
         if positions not in self.positions_supported:
@@ -152,6 +154,7 @@ class Adapter:
         self._last_grid: tuple[int, ...] | None = None
         self._after_evaluation: list = []  # undo callables of cache_hooks.reset_for_new_grid
         self.cache_mode = "global"  # SpectralPipeline sets it from its ``caches`` argument
+        self.reference = "full"  # ... and this from ``reference``
         self.prepare()
 
     # ------------------------------------------------------------------

@@ -180,25 +180,36 @@ class FluxAdapter(Adapter):
         return ids
 
     # --- the model -----------------------------------------------------
+    def extra_tokens(self, grid) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Packed tokens and their ids appended to the image sequence (FLUX: none; Kontext:
+        the reference image's); the model's output for them is dropped."""
+        return None, None
+
     def model_output(self, x_in, timestep, ev):
         pipe = self.pipe
         grid = tuple(x_in.shape[2:])
         packed = self.pack(x_in)
         ids = self.img_ids(grid)
+        extra, extra_ids = self.extra_tokens(grid)
+        hidden = packed if extra is None else torch.cat([packed, extra.to(packed.dtype)], dim=1)
+        if extra_ids is not None:
+            ids = torch.cat([ids, extra_ids], dim=0)  # dim 0 is the sequence
+        n = packed.shape[1]
         ts = timestep.to(self.device).expand(packed.shape[0]).to(packed.dtype)
         with self.cache_context("cond"):
             v = pipe.transformer(
-                hidden_states=packed, timestep=ts / 1000, guidance=self.guidance,
+                hidden_states=hidden, timestep=ts / 1000, guidance=self.guidance,
                 pooled_projections=self.pooled, encoder_hidden_states=self.tensors["prompt_embeds"],
                 txt_ids=self.text_ids, img_ids=ids,
-                joint_attention_kwargs=pipe.joint_attention_kwargs, return_dict=False)[0]
+                joint_attention_kwargs=pipe.joint_attention_kwargs, return_dict=False)[0][:, :n]
         if self.true_cfg:
             with self.cache_context("uncond"):
                 nv = pipe.transformer(
-                    hidden_states=packed, timestep=ts / 1000, guidance=self.guidance,
+                    hidden_states=hidden, timestep=ts / 1000, guidance=self.guidance,
                     pooled_projections=self.neg_pooled, encoder_hidden_states=self.neg,
                     txt_ids=self.neg_text_ids, img_ids=ids,
-                    joint_attention_kwargs=pipe.joint_attention_kwargs, return_dict=False)[0]
+                    joint_attention_kwargs=pipe.joint_attention_kwargs,
+                    return_dict=False)[0][:, :n]
             v = nv + self.kw["true_cfg_scale"] * (v - nv)
         return self.unpack(v, grid)
 
