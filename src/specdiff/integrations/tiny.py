@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["tiny_flux", "tiny_sd3", "tiny_sdxl", "tiny_wan", "tiny_zimage", "tiny_qwenimage",
-           "tiny_flux_kontext", "TINY_BUILDERS", "TokenCounter", "tiny_clip_text"]
+           "tiny_flux_kontext", "tiny_wan_i2v", "TINY_BUILDERS", "TokenCounter", "tiny_clip_text"]
 
 
 def _embeds(gen: torch.Generator, *shape) -> torch.Tensor:
@@ -200,6 +200,30 @@ def tiny_wan(seed: int = 0, *, size: int = 128, frames: int = 9, steps: int = 4,
     return pipe, kwargs
 
 
+def tiny_wan_i2v(seed: int = 0, *, size: int = 128, frames: int = 9, steps: int = 4):
+    """Wan 2.1 I2V-shaped pipeline: the tiny Wan with 16 + 4 + 16 input channels (state,
+    first-frame mask, latent condition) and no CLIP image projection; ``image`` is a PIL
+    image."""
+    import numpy as np
+    from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
+    from PIL import Image
+
+    t2v, kwargs = tiny_wan(seed, size=size, frames=frames, steps=steps)
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=36,
+        out_channels=16, text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2,
+        cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    )
+    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=t2v.vae,
+                                   scheduler=t2v.scheduler, image_processor=None,
+                                   image_encoder=None, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    rng = np.random.default_rng(seed + 3)
+    kwargs["image"] = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+    return pipe, kwargs
+
+
 def tiny_flux_kontext(seed: int = 0, *, size: int = 128, steps: int = 4):
     """FLUX.1-Kontext-shaped pipeline (the tiny FLUX transformer and VAE): a reference
     image's latents (``image=`` with the VAE's 16 channels, so no encode or resize) are
@@ -275,7 +299,7 @@ def tiny_qwenimage(seed: int = 0, *, size: int = 128, steps: int = 4):
 
 TINY_BUILDERS = {"flux": tiny_flux, "sd3": tiny_sd3, "sdxl": tiny_sdxl, "wan": tiny_wan,
                  "zimage": tiny_zimage, "qwenimage": tiny_qwenimage,
-                 "flux_kontext": tiny_flux_kontext}
+                 "flux_kontext": tiny_flux_kontext, "wan_i2v": tiny_wan_i2v}
 
 
 class TokenCounter:

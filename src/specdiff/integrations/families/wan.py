@@ -67,9 +67,7 @@ class WanAdapter(Adapter):
                              "Wan 2.2")
         unsupported(kw, {"guidance_scale_2": None}, self.family)
         height, width, num_frames = kw["height"], kw["width"], kw["num_frames"]
-        pipe.check_inputs(kw["prompt"], kw["negative_prompt"], height, width, kw["prompt_embeds"],
-                          kw["negative_prompt_embeds"], kw["callback_on_step_end_tensor_inputs"],
-                          kw["guidance_scale_2"])
+        self.check_pipeline_inputs(height, width)
         tsf = pipe.vae_scale_factor_temporal
         if num_frames % tsf != 1:
             logger.warning(f"`num_frames - 1` has to be divisible by {tsf}. Rounding to the "
@@ -108,7 +106,7 @@ class WanAdapter(Adapter):
         self.set_schedule(sched)
         pipe._num_timesteps = self.num_steps
 
-        C = pipe.transformer.config.in_channels
+        C = self.noise_channels()
         F = (num_frames - 1) // tsf + 1
         h, w = int(height) // pipe.vae_scale_factor_spatial, int(width) // pipe.vae_scale_factor_spatial
         self.grid = (F, h, w)
@@ -122,6 +120,26 @@ class WanAdapter(Adapter):
         else:
             self.noise = self.draw_noise((B, C, F, h, w), torch.float32)
         self.latent_dtype = torch.float32  # the pipeline's loop keeps Wan latents in float32
+        self.prepare_condition(height, width, num_frames, B)
+
+    # --- what image-to-video changes (families/wan_i2v.py) ---------------
+    def check_pipeline_inputs(self, height, width) -> None:
+        kw = self.kw
+        self.pipe.check_inputs(kw["prompt"], kw["negative_prompt"], height, width,
+                               kw["prompt_embeds"], kw["negative_prompt_embeds"],
+                               kw["callback_on_step_end_tensor_inputs"], kw["guidance_scale_2"])
+
+    def noise_channels(self) -> int:
+        return int(self.pipe.transformer.config.in_channels)
+
+    def prepare_condition(self, height, width, num_frames, batch) -> None:
+        """Conditioning beyond the prompt, built after the noise as the pipeline does (T2V:
+        none)."""
+
+    def model_inputs(self, x_in) -> tuple[torch.Tensor, dict]:
+        """The transformer's ``hidden_states`` for a stage state ``x_in`` and the extra keyword
+        arguments of its call (T2V: the state itself, none)."""
+        return x_in.to(self.model_dtype), {}
 
     def check_grid(self, grid):
         m = self.multiple
@@ -130,7 +148,7 @@ class WanAdapter(Adapter):
 
     def model_output(self, x_in, timestep, ev):
         pipe = self.pipe
-        lmi = x_in.to(self.model_dtype)
+        lmi, extra = self.model_inputs(x_in)
         ts = timestep.to(self.device).expand(lmi.shape[0])
         # what the pipeline's loop tells cache hooks: its i, that step's sigma, the step count
         ck = {"step_index": ev.index, "sigma": float(ev.sigma), "num_inference_steps": ev.num_steps}
@@ -138,13 +156,13 @@ class WanAdapter(Adapter):
             out = pipe.transformer(hidden_states=lmi, timestep=ts,
                                    encoder_hidden_states=self.tensors["prompt_embeds"],
                                    attention_kwargs=self.kw["attention_kwargs"],
-                                   return_dict=False)[0]
+                                   return_dict=False, **extra)[0]
         if pipe.do_classifier_free_guidance:
             with self.cache_context("uncond", **ck):
                 unc = pipe.transformer(hidden_states=lmi, timestep=ts,
                                        encoder_hidden_states=self.tensors["negative_prompt_embeds"],
                                        attention_kwargs=self.kw["attention_kwargs"],
-                                       return_dict=False)[0]
+                                       return_dict=False, **extra)[0]
             out = unc + self.kw["guidance_scale"] * (out - unc)
         return out
 
