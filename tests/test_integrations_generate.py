@@ -167,7 +167,8 @@ def test_generate_writes_records_and_resumes(tmp_path):
 # --- checks before loading: what a folder's JSON configs say --------------------------------
 
 
-@pytest.mark.parametrize("family", ["flux", "sd3", "sdxl", "wan", "zimage", "qwenimage"])
+@pytest.mark.parametrize("family", ["flux", "sd3", "sdxl", "wan", "zimage", "qwenimage",
+                                    "flux2", "wan_i2v"])
 def test_folder_layout_from_json_matches_the_loaded_pipeline(family, tmp_path):
     """The latent layout read from a saved pipeline's configs (before loading, for the checks
     of ``generate``) equals what the loaded pipeline and its adapter use."""
@@ -183,10 +184,12 @@ def test_folder_layout_from_json_matches_the_loaded_pipeline(family, tmp_path):
     adapter_cls = find_adapter(pipe)
     layout = adapter_cls.folder_layout(lambda sub: _folder_json(str(tmp_path), f"{sub}/config.json"))
     vae = getattr(pipe, "vae_scale_factor", None) or pipe.vae_scale_factor_spatial
-    assert layout.vae_factor == vae
-    # the adapter's multiple is a property of the pipeline's modules: read it without a call
-    assert layout.multiple == adapter_cls.multiple.fget(type("P", (), {"pipe": pipe})())
-    if family == "wan":
+    # the adapter's properties read the pipeline's modules: evaluate them without a call
+    fake = type("P", (), {"pipe": pipe})()
+    assert layout.vae_factor == adapter_cls.pixels_per_cell.fget(fake)
+    assert layout.vae_factor == (2 * vae if family == "flux2" else vae)  # FLUX.2: 2x2 tokens
+    assert layout.multiple == adapter_cls.multiple.fget(fake)
+    if family in ("wan", "wan_i2v"):
         params = inspect.signature(type(pipe).__call__).parameters
         assert layout.default_size == (params["height"].default, params["width"].default)
     elif family == "zimage":  # `height = height or 1024` in ZImagePipeline.__call__

@@ -205,12 +205,12 @@ class SpectralPipeline:
             # no published constants for this VAE: fit them once on shipped photos (cached)
             from .auto_spectrum import auto_spectrum
 
-            vsf = _vae_scale(ad.pipe) or 8
+            vsf = ad.pixels_per_cell or 8
             cfg = getattr(ad.pipe, "_progress_bar_config", {}) or {}
             spectrum = auto_spectrum(getattr(ad.pipe, "vae", None), grid[-2] * vsf,
                                      grid[-1] * vsf, grid[-2:],
                                      progress=not cfg.get("disable", False))
-        check_stage_sizes(ad.family, ad.packing, ad.multiple, _vae_scale(ad.pipe), grid, sc)
+        check_stage_sizes(ad.family, ad.packing, ad.multiple, ad.pixels_per_cell, grid, sc)
         return spd_plan(ad.times, grid, sc, spectrum=spectrum, delta=delta,
                         transition=transition, multiple=ad.multiple, axes=2)
 
@@ -376,7 +376,7 @@ def check_parallel_stages(ad, plan: Plan) -> None:
     if not bad:
         return
     scales = [st.grid[-1] / plan.full_grid[-1] for st in plan.stages]
-    vsf = _vae_scale(ad.pipe) or 8
+    vsf = ad.pixels_per_cell or 8
     step = vsf * m  # pixel sides the family accepts
     full = plan.full_grid
     ok = []
@@ -400,11 +400,6 @@ def check_parallel_stages(ad, plan: Plan) -> None:
         f"{'x'.join(map(str, g))} has {stage_tokens(g, m)} tokens, which do not split over "
         f"{degree} ranks; use a height/width such as {' or '.join(ok[:2]) or 'a larger one'} "
         "(every stage's token count a multiple of the degree), or other scales")
-
-
-def _vae_scale(pipe) -> int | None:
-    v = getattr(pipe, "vae_scale_factor", None) or getattr(pipe, "vae_scale_factor_spatial", None)
-    return int(v) if v else None
 
 
 def _start_noise(noise: torch.Tensor, plan: Plan, c: float, basis: str) -> torch.Tensor:

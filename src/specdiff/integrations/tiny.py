@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 
 __all__ = ["tiny_flux", "tiny_sd3", "tiny_sdxl", "tiny_wan", "tiny_zimage", "tiny_qwenimage",
-           "tiny_flux_kontext", "tiny_wan_i2v", "TINY_BUILDERS", "TokenCounter", "tiny_clip_text"]
+           "tiny_flux_kontext", "tiny_wan_i2v", "tiny_flux2", "TINY_BUILDERS", "TokenCounter",
+           "tiny_clip_text"]
 
 
 def _embeds(gen: torch.Generator, *shape) -> torch.Tensor:
@@ -224,6 +225,39 @@ def tiny_wan_i2v(seed: int = 0, *, size: int = 128, frames: int = 9, steps: int 
     return pipe, kwargs
 
 
+def tiny_flux2(seed: int = 0, *, size: int = 128, steps: int = 4):
+    """FLUX.2-shaped pipeline: the diffusion runs on 2x2-patchified, batch-normalised VAE
+    latents (128 channels at 1/16 of the pixels), 4-axis RoPE ids, guidance embedding, mu
+    from FLUX.2's empirical rule."""
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2Pipeline,
+        Flux2Transformer2DModel,
+    )
+
+    torch.manual_seed(seed)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=128, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, timestep_guidance_channels=32,
+        axes_dims_rope=(4, 4, 4, 4), guidance_embeds=True)
+    vae = AutoencoderKLFlux2(block_out_channels=(8, 8, 8, 8), layers_per_block=1,
+                             norm_num_groups=4, latent_channels=32, use_quant_conv=False,
+                             use_post_quant_conv=False)
+    with torch.no_grad():  # running statistics of an imagined training set, not 0/1
+        vae.bn.running_mean.normal_(0.0, 0.2, generator=torch.Generator().manual_seed(seed))
+        vae.bn.running_var.uniform_(0.5, 2.0, generator=torch.Generator().manual_seed(seed + 1))
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0,
+                                                use_dynamic_shifting=True)
+    pipe = Flux2Pipeline(scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None,
+                         transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(seed + 1)
+    kwargs = dict(prompt_embeds=_embeds(g, 1, 12, 32), height=size, width=size,
+                  num_inference_steps=steps, guidance_scale=4.0)
+    return pipe, kwargs
+
+
 def tiny_flux_kontext(seed: int = 0, *, size: int = 128, steps: int = 4):
     """FLUX.1-Kontext-shaped pipeline (the tiny FLUX transformer and VAE): a reference
     image's latents (``image=`` with the VAE's 16 channels, so no encode or resize) are
@@ -299,7 +333,7 @@ def tiny_qwenimage(seed: int = 0, *, size: int = 128, steps: int = 4):
 
 TINY_BUILDERS = {"flux": tiny_flux, "sd3": tiny_sd3, "sdxl": tiny_sdxl, "wan": tiny_wan,
                  "zimage": tiny_zimage, "qwenimage": tiny_qwenimage,
-                 "flux_kontext": tiny_flux_kontext, "wan_i2v": tiny_wan_i2v}
+                 "flux_kontext": tiny_flux_kontext, "wan_i2v": tiny_wan_i2v, "flux2": tiny_flux2}
 
 
 class TokenCounter:

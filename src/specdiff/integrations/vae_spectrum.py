@@ -64,9 +64,22 @@ def _is_video_vae(vae) -> bool:
         and getattr(vae.config, "scaling_factor", None) is None)
 
 
+def _is_patchified_vae(vae) -> bool:
+    """FLUX.2's VAE: the pipeline patchifies its latents 2x2 and batch-normalises them."""
+    return hasattr(vae, "bn") and hasattr(vae.config, "batch_norm_eps")
+
+
 def normalise_latents(vae, z: torch.Tensor) -> torch.Tensor:
-    """Raw VAE latents ``(N, C, ...)`` -> the pipeline's normalised latent space."""
+    """Raw VAE latents ``(N, C, ...)`` -> the pipeline's normalised latent space (for FLUX.2's
+    VAE ``(N, 4C, h/2, w/2)``: patchified 2x2, then its batch-norm statistics)."""
     cfg = vae.config
+    if _is_patchified_vae(vae):
+        n, c, h, w = z.shape
+        z = z.view(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(
+            n, c * 4, h // 2, w // 2)  # Flux2Pipeline._patchify_latents
+        mean = vae.bn.running_mean.view(1, -1, 1, 1).to(z)
+        std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + cfg.batch_norm_eps).to(z)
+        return (z - mean) / std
     mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
     shape = (1, -1) + (1,) * (z.ndim - 2)
     if _is_video_vae(vae):
@@ -81,7 +94,10 @@ def normalise_latents(vae, z: torch.Tensor) -> torch.Tensor:
 
 
 def spatial_factor(vae) -> int:
-    """Pixels per latent cell of ``vae`` (its spatial downsampling factor)."""
+    """Pixels per cell of the normalised latents of ``vae`` (its downsampling factor; twice
+    that for FLUX.2's patchified latents)."""
+    if _is_patchified_vae(vae):
+        return 2 ** len(vae.config.block_out_channels)
     if _is_video_vae(vae):
         return 2 ** len(getattr(vae.config, "temperal_downsample", [0, 0, 0]))
     return 2 ** (len(vae.config.block_out_channels) - 1)

@@ -217,6 +217,14 @@ class Adapter:
         """Every stage's spatial latent sides must be multiples of this (patching/packing)."""
         return 1
 
+    @property
+    def pixels_per_cell(self) -> int | None:
+        """Pixels per cell of the latent grid the plan runs on (the VAE's factor; FLUX.2's
+        patchified tokens cover twice that)."""
+        v = getattr(self.pipe, "vae_scale_factor", None) or \
+            getattr(self.pipe, "vae_scale_factor_spatial", None)
+        return int(v) if v else None
+
     @classmethod
     def folder_layout(cls, config) -> FolderLayout | None:
         """The :class:`FolderLayout` of a pipeline folder, from ``config(sub)``: the dict in
