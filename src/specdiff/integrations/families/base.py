@@ -69,6 +69,34 @@ def unsupported(kw: dict, names: dict[str, Any], family: str) -> None:
             )
 
 
+def full_resolution_mu(sched, tokens: int, max_shift: float = 1.15) -> float:
+    """The dynamic-shift ``mu`` the FLUX-family pipelines compute (``calculate_shift`` with
+    the scheduler's config) for ``tokens``, the *full-resolution* token count: the pipelines
+    take it from their starting latents, which for a progressive plan would be the coarse
+    ones and silently change the whole schedule."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    return calculate_shift(tokens, sched.config.get("base_image_seq_len", 256),
+                           sched.config.get("max_image_seq_len", 4096),
+                           sched.config.get("base_shift", 0.5),
+                           sched.config.get("max_shift", max_shift))
+
+
+def pack_2x2(pipe, x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, h, w)`` -> the FLUX-style packed ``(B, hw/4, 4C)`` tokens (the pipeline's own
+    ``_pack_latents``; FLUX.1, Kontext, Qwen-Image)."""
+    b, c, h, w = x.shape
+    return pipe._pack_latents(x, b, c, h, w)
+
+
+def unpack_2x2(latents: torch.Tensor, grid) -> torch.Tensor:
+    """Inverse of :func:`pack_2x2` for a latent ``grid`` ``(h, w)``."""
+    h, w = grid
+    b, _, d = latents.shape
+    x = latents.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, d // 4, h, w)
+
+
 def _key(t: float) -> float:
     """Time as the solver passes it to the denoiser: a float32 value."""
     return float(torch.tensor(float(t), dtype=torch.float32))

@@ -27,7 +27,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Adapter, FolderLayout, unsupported, vae_factor_from_config
+from .base import (
+    Adapter,
+    FolderLayout,
+    full_resolution_mu,
+    pack_2x2,
+    unpack_2x2,
+    unsupported,
+    vae_factor_from_config,
+)
 
 __all__ = ["FluxAdapter", "ADAPTER"]
 
@@ -51,7 +59,7 @@ class FluxAdapter(Adapter):
         return FolderLayout(f, 2, (128 * f, 128 * f), round_to_multiple=True)
 
     def prepare(self) -> None:
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+        from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 
         pipe, kw = self.pipe, self.kw
         unsupported(kw, {"ip_adapter_image": None, "ip_adapter_image_embeds": None,
@@ -128,13 +136,7 @@ class FluxAdapter(Adapter):
         sched = self.fresh_scheduler()
         if getattr(sched.config, "use_flow_sigmas", False):
             sigmas = None
-        mu = calculate_shift(
-            (h // 2) * (w // 2),
-            sched.config.get("base_image_seq_len", 256),
-            sched.config.get("max_image_seq_len", 4096),
-            sched.config.get("base_shift", 0.5),
-            sched.config.get("max_shift", 1.15),
-        )
+        mu = full_resolution_mu(sched, (h // 2) * (w // 2))
         retrieve_timesteps(sched, n, device, sigmas=sigmas, mu=mu)
         self.set_schedule(sched)
         pipe._num_timesteps = self.num_steps
@@ -149,14 +151,10 @@ class FluxAdapter(Adapter):
 
     # --- layout --------------------------------------------------------
     def pack(self, x):
-        b, c, h, w = x.shape
-        return self.pipe._pack_latents(x, b, c, h, w)
+        return pack_2x2(self.pipe, x)
 
     def unpack(self, latents, grid):
-        h, w = grid
-        b, _, d = latents.shape
-        x = latents.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
-        return x.reshape(b, d // 4, h, w)
+        return unpack_2x2(latents, grid)
 
     def check_grid(self, grid):
         if any(s % 2 for s in grid):

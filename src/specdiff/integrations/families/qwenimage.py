@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import Adapter, FolderLayout
+from .base import Adapter, FolderLayout, full_resolution_mu, pack_2x2, unpack_2x2
 
 __all__ = ["QwenImageAdapter", "ADAPTER"]
 
@@ -48,10 +48,7 @@ class QwenImageAdapter(Adapter):
         return FolderLayout(f, p, (128 * f, 128 * f), round_to_multiple=True)
 
     def prepare(self) -> None:
-        from diffusers.pipelines.qwenimage.pipeline_qwenimage import (
-            calculate_shift,
-            retrieve_timesteps,
-        )
+        from diffusers.pipelines.qwenimage.pipeline_qwenimage import retrieve_timesteps
 
         pipe, kw = self.pipe, self.kw
         height = kw["height"] or pipe.default_sample_size * pipe.vae_scale_factor
@@ -107,12 +104,7 @@ class QwenImageAdapter(Adapter):
         n = kw["num_inference_steps"]
         sigmas = np.linspace(1.0, 1 / n, n) if kw["sigmas"] is None else kw["sigmas"]
         sched = self.fresh_scheduler()
-        mu = calculate_shift(
-            (h // 2) * (w // 2),  # full-resolution token count, whatever the first stage
-            sched.config.get("base_image_seq_len", 256),
-            sched.config.get("max_image_seq_len", 4096),
-            sched.config.get("base_shift", 0.5),
-            sched.config.get("max_shift", 1.15))
+        mu = full_resolution_mu(sched, (h // 2) * (w // 2))
         retrieve_timesteps(sched, n, device, sigmas=sigmas, mu=mu)
         self.set_schedule(sched)
         pipe._num_timesteps = self.num_steps
@@ -128,14 +120,10 @@ class QwenImageAdapter(Adapter):
 
     # --- layout (FLUX's packing) ---------------------------------------
     def pack(self, x):
-        b, c, h, w = x.shape
-        return self.pipe._pack_latents(x, b, c, h, w)
+        return pack_2x2(self.pipe, x)
 
     def unpack(self, latents, grid):
-        h, w = grid
-        b, _, d = latents.shape
-        x = latents.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
-        return x.reshape(b, d // 4, h, w)
+        return unpack_2x2(latents, grid)
 
     def check_grid(self, grid):
         if any(s % 2 for s in grid):

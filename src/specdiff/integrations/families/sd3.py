@@ -28,7 +28,14 @@ from contextlib import contextmanager
 
 import torch
 
-from .base import Adapter, FolderLayout, forward_hook, unsupported, vae_factor_from_config
+from .base import (
+    Adapter,
+    FolderLayout,
+    forward_hook,
+    full_resolution_mu,
+    unsupported,
+    vae_factor_from_config,
+)
 
 __all__ = ["SD3Adapter", "ADAPTER"]
 
@@ -54,7 +61,6 @@ class SD3Adapter(Adapter):
 
     def prepare(self) -> None:
         from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
-            calculate_shift,
             retrieve_timesteps,
         )
 
@@ -120,13 +126,7 @@ class SD3Adapter(Adapter):
         mu = kw["mu"]
         if sched.config.get("use_dynamic_shifting", None) and mu is None:
             p = pipe.transformer.config.patch_size
-            mu = calculate_shift(
-                (h // p) * (w // p),  # full-resolution patch count, whatever the first stage
-                sched.config.get("base_image_seq_len", 256),
-                sched.config.get("max_image_seq_len", 4096),
-                sched.config.get("base_shift", 0.5),
-                sched.config.get("max_shift", 1.16),
-            )
+            mu = full_resolution_mu(sched, (h // p) * (w // p), max_shift=1.16)  # SD3's default
             sched_kwargs["mu"] = mu
         elif mu is not None:
             sched_kwargs["mu"] = mu

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Adapter, FolderLayout, vae_factor_from_config
+from .base import Adapter, FolderLayout, full_resolution_mu, vae_factor_from_config
 
 __all__ = ["ZImageAdapter", "ADAPTER"]
 
@@ -49,7 +49,6 @@ class ZImageAdapter(Adapter):
 
     def prepare(self) -> None:
         from diffusers.pipelines.z_image.pipeline_z_image import (
-            calculate_shift,
             get_default_z_image_sigmas,
             retrieve_timesteps,
         )
@@ -104,12 +103,7 @@ class ZImageAdapter(Adapter):
             self.noise = self.draw_noise((B, C, h, w), torch.float32)
 
         sched = self.fresh_scheduler()
-        mu = calculate_shift(
-            (h // 2) * (w // 2),  # full-resolution token count, whatever the first stage
-            sched.config.get("base_image_seq_len", 256),
-            sched.config.get("max_image_seq_len", 4096),
-            sched.config.get("base_shift", 0.5),
-            sched.config.get("max_shift", 1.15))
+        mu = full_resolution_mu(sched, (h // 2) * (w // 2))
         sigmas = kw["sigmas"]
         if sigmas is None:
             sigmas = get_default_z_image_sigmas(kw["num_inference_steps"])
