@@ -39,24 +39,58 @@ class SampleConfig:
     transition: Transition | str = "dct"
     continuation: str = "keep"
     seed: int = 0
+    # tuning-free self-cascade (specdiff.cascade): "spectral" re-noises each step up at
+    # SPD's activation time for ``delta``; "strength" at ``strength``; None: no cascade
+    cascade: str | None = None
+    pivot: int = 128  # the size the model was trained at: the cascade's first stage
+    strength: float = 0.7  # the official Self-Cascade re-noise strength
 
     def validate(self) -> SampleConfig:
         if self.n < 1:
             raise ValueError(f"n (images) must be >= 1, got {self.n}")
         check_steps(self.steps)
         check_deltas((self.delta,))
+        if self.cascade not in (None, "spectral", "strength"):
+            raise ValueError(f"cascade must be 'spectral', 'strength' or None, got {self.cascade!r}")
+        if self.cascade is not None:
+            from ..cascade import cascade_grids
+
+            cascade_grids((self.pivot, self.pivot), tuple(self.size))  # a clear error now
+            if not 0 < self.strength < 1:
+                raise ValueError(f"strength (--cascade-strength) must lie in (0, 1), got "
+                                 f"{self.strength}")
         return self
 
 
 def sample_plan(cfg: SampleConfig, bm) -> Plan:
-    """The full-resolution plan for ``scales=(1.0,)``, else SPD with ``cfg``'s settings."""
+    """The full-resolution plan for ``scales=(1.0,)``, a tuning-free self-cascade from the
+    pivot size with ``cascade``, else SPD with ``cfg``'s settings."""
     grid = tuple(cfg.size)
+    if cfg.cascade is not None:
+        return _cascade_plan(cfg, bm, grid)
     times = bm.times(cfg.steps, grid, cfg.shift)
     if tuple(cfg.scales) == (1.0,):
         return full_plan(times, grid)
     return spd_plan(times, grid, tuple(cfg.scales), A=bm.spectrum[0], beta=bm.spectrum[1],
                     delta=cfg.delta, transition=cfg.transition,
                     multiple=bm.stage_multiple(grid), continuation=cfg.continuation)
+
+
+def _cascade_plan(cfg: SampleConfig, bm, grid) -> Plan:
+    from ..cascade import cascade_grids, cascade_renoise_times, self_cascade_plan
+
+    grids = cascade_grids((cfg.pivot, cfg.pivot), grid)
+    model = bm.denoiser
+
+    def spectrum_at(g):  # the data spectrum on that grid (the embedded models record it)
+        return model.spectrum(min(g[-2:])) if hasattr(model, "spectrum") else bm.spectrum
+
+    if cfg.cascade == "spectral":
+        ren = cascade_renoise_times(grids, spectrum_at=spectrum_at, delta=cfg.delta)
+    else:
+        ren = cascade_renoise_times(grids, strength=cfg.strength)
+    return self_cascade_plan(lambda g: bm.times(cfg.steps, g, cfg.shift), grids, ren,
+                             steps=cfg.steps)
 
 
 def generate(cfg: SampleConfig, out: str | Path, *, progress: bool = True) -> dict:
@@ -68,9 +102,11 @@ def generate(cfg: SampleConfig, out: str | Path, *, progress: bool = True) -> di
     if bm.field is not None:
         raise ValueError("sample needs a trained model (unet, dit or a checkpoint path)")
     plan = sample_plan(cfg, bm)
-    noise, _ = seeded_noise(cfg.seed, bm.channels, tuple(cfg.size), 0, cfg.n)
+    noise, fresh = seeded_noise(cfg.seed, bm.channels, tuple(cfg.size), 0, cfg.n)
     t0 = time.perf_counter()
-    x = sample(bm.denoiser, plan, solver=cfg.solver, noise=noise, progress=progress)
+    # per-image generators for the fresh noise of x0 re-noise transitions (a cascade)
+    x = sample(bm.denoiser, plan, solver=cfg.solver, noise=noise, generator=fresh,
+               progress=progress)
     dt = time.perf_counter() - t0
     out.mkdir(parents=True, exist_ok=True)
     for i in range(cfg.n):
@@ -79,8 +115,9 @@ def generate(cfg: SampleConfig, out: str | Path, *, progress: bool = True) -> di
     save_png(out / "grid.png", image_grid([x[i : i + cols] for i in range(0, cfg.n, cols)]))
     desc = ", ".join(f"{r['steps']} steps at {r['grid']}" for r in plan.describe(cfg.solver))
     info = {"model": cfg.model, "size": list(cfg.size), "steps": cfg.steps,
-            "scales": list(cfg.scales), "delta": cfg.delta, "continuation": cfg.continuation,
-            "seed": cfg.seed, "n": cfg.n, "plan": desc, "seconds": dt,
+            "scales": list(plan.meta.scales) if cfg.cascade else list(cfg.scales),
+            "delta": cfg.delta, "continuation": cfg.continuation,
+            "seed": cfg.seed, "n": cfg.n, "plan": desc, "seconds": dt, "cascade": cfg.cascade,
             "pixel_cost_vs_full": plan.cost("tokens", cfg.solver) / cfg.steps}
     atomic_write_json(out / "sample.json", info)
     return info

@@ -93,6 +93,13 @@ def register(sub) -> None:
     p.add_argument("--transition", default="dct", choices=("dct", "fft", "haar", "pyramid"))
     p.add_argument("--continuation", default="keep", choices=("keep", "respace"),
                    help="steps after a switch: 'keep' the grid (the paper's rule) or 'respace' them")
+    p.add_argument("--cascade", action="store_true",
+                   help="tuning-free self-cascade: sample at --pivot, upsample, re-noise at the "
+                   "spectral time for --delta and continue at --size (an integer multiple)")
+    p.add_argument("--cascade-strength", type=float, default=None,
+                   help="with --cascade: re-noise at this fixed strength instead (official 0.7)")
+    p.add_argument("--pivot", type=int, default=128,
+                   help="the model's native size: the cascade's first stage (default 128)")
     p.add_argument("--out", required=True, help="output folder for PNGs and grid.png")
     p.set_defaults(func=cmd_sample)
 
@@ -218,9 +225,15 @@ def cmd_sample(args) -> int:
     from ..analysis.generate import SampleConfig, generate
 
     _threads(args)
+    if args.cascade_strength is not None and not args.cascade:
+        raise ValueError("--cascade-strength needs --cascade")
+    cascade = None if not args.cascade else (
+        "spectral" if args.cascade_strength is None else "strength")
     cfg = SampleConfig(model=args.model, size=tuple(args.size), steps=args.steps, shift=args.shift,
                        solver=args.solver, n=args.n, scales=tuple(args.scales), delta=args.delta,
-                       transition=args.transition, continuation=args.continuation, seed=args.seed)
+                       transition=args.transition, continuation=args.continuation, seed=args.seed,
+                       cascade=cascade, pivot=args.pivot,
+                       strength=0.7 if args.cascade_strength is None else args.cascade_strength)
     info = generate(cfg, args.out, progress=not args.quiet)
     print(f"{cfg.n} images in {info['seconds']:.1f} s ({info['plan']}); wrote {args.out}/grid.png "
           f"and {cfg.n} PNGs (image i uses seed {cfg.seed}+i)")
