@@ -101,16 +101,19 @@ def self_cascade_plan(times_at: Callable, grids: Sequence[Sequence[int]],
     """The self-cascade plan over ``grids`` (pivot first) with one re-noise time per step up.
 
     ``times_at(grid)``: the model's full time grid for ``grid`` with ``steps`` steps (its
-    resolution shift); the pivot stage walks it from 1, stage ``k`` from ``renoise[k-1]``
+    resolution shift); the pivot stage walks it from its first time, stage ``k`` from
+    ``renoise[k-1]``
     in ``round(steps * renoise[k-1])`` steps (at least 1).
     """
     grids = [tuple(int(v) for v in g) for g in grids]
     ren = [float(v) for v in renoise]
     if len(ren) != len(grids) - 1 or any(not 0 < v < 1 for v in ren):
         raise ValueError(f"need {len(grids) - 1} re-noise times in (0, 1), got {tuple(renoise)}")
-    spans = [(1.0, 0.0)] + [(v, 0.0) for v in ren]
-    n_steps = [int(steps)] + [max(1, int(round(steps * v))) for v in ren]
     profiles = [times_at(g) for g in grids]
+    # the pivot starts where its grid does: 1 for flow models, below 1 for a VP schedule
+    # (SDXL's first sigma is finite)
+    spans = [(float(profiles[0][0]), 0.0)] + [(v, 0.0) for v in ren]
+    n_steps = [int(steps)] + [max(1, int(round(steps * v))) for v in ren]
     sides = "/".join(str(g[-1]) for g in grids)
     name = f"self-cascade {sides} renoise {'/'.join(f'{v:.3g}' for v in ren)}"
     scales = tuple(g[-1] / grids[-1][-1] for g in grids)

@@ -199,20 +199,67 @@ class SpectralPipeline:
         transition = as_transition(transition)
         if sc == (1.0,):
             return full_plan(ad.times, grid)
-        if spectrum is None:
-            spectrum = ad.default_spectrum
-        if spectrum is None:
-            # no published constants for this VAE: fit them once on shipped photos (cached)
-            from .auto_spectrum import auto_spectrum
-
-            vsf = ad.pixels_per_cell or 8
-            cfg = getattr(ad.pipe, "_progress_bar_config", {}) or {}
-            spectrum = auto_spectrum(getattr(ad.pipe, "vae", None), grid[-2] * vsf,
-                                     grid[-1] * vsf, grid[-2:],
-                                     progress=not cfg.get("disable", False))
+        spectrum = _resolve_spectrum(ad, spectrum, grid)
         check_stage_sizes(ad.family, ad.packing, ad.multiple, ad.pixels_per_cell, grid, sc)
         return spd_plan(ad.times, grid, sc, spectrum=spectrum, delta=delta,
                         transition=transition, multiple=ad.multiple, axes=2)
+
+    def self_cascade(self, *args, factor: int = 2, delta: float | None = None,
+                     strength: float | None = None, spectrum=None, up: str = "bicubic",
+                     **kwargs):
+        """Tuning-free Self-Cascade (:mod:`specdiff.cascade`): generate at ``height x width``
+        (the pivot), then at ``factor`` times that size with the same model, and return what
+        ``pipe(...)`` returns at the larger size.
+
+        Each step up (doubling while ``factor`` allows, then the integer factor left)
+        upsamples the clean result (``up``) and re-noises it with fresh noise from the
+        call's ``generator``, at SPD's activation time of the pivot's Nyquist for ``delta``
+        (default 0.05; the spectrum as for ``__call__``) or at a fixed ``strength``
+        (officially 0.7). Each
+        stage walks the pipeline's schedule for its own size; the pivot takes
+        ``num_inference_steps``, a later stage ``round(steps * t)`` from its re-noise time.
+        """
+        from ..cascade import cascade_grids, cascade_renoise_times, self_cascade_plan
+
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
+            raise ValueError(f"factor must be an integer >= 2, got {factor!r}")
+        h, w = kwargs.get("height"), kwargs.get("width")
+        if not (isinstance(h, int) and isinstance(w, int)):
+            raise ValueError("self_cascade needs height= and width= (the pivot size, "
+                             "in pixels) as integers")
+        if delta is not None and strength is not None:
+            raise ValueError("give delta (the spectral re-noise time) or strength, not both")
+        if strength is None and delta is None:
+            delta = 0.05
+        big = dict(kwargs, height=h * factor, width=w * factor)
+        full = self.get_plan(*args, **big, scales=(1.0,))
+        pivot = self.get_plan(*args, **kwargs, scales=(1.0,))
+        grids = cascade_grids(pivot.full_grid, full.full_grid)
+        ppc = round(h * factor / full.full_grid[-2])  # pixels per latent cell of this family
+        times = {tuple(pivot.full_grid): pivot.stages[0].times,
+                 tuple(full.full_grid): full.stages[0].times}
+
+        def times_at(g):
+            # a size between the pivot and the target (a 4x cascade's 2x step): the
+            # pipeline's own schedule for that size
+            g = tuple(g)
+            if g not in times:
+                size = dict(kwargs, height=round(g[-2] * ppc), width=round(g[-1] * ppc))
+                times[g] = self.get_plan(*args, **size, scales=(1.0,)).stages[0].times
+            return torch.tensor(times[g], dtype=torch.float64)
+
+        if strength is not None:
+            ren = cascade_renoise_times(grids, strength=strength)
+        else:
+            from types import SimpleNamespace
+
+            fam = SimpleNamespace(default_spectrum=self._adapter_cls.default_spectrum,
+                                  pixels_per_cell=ppc, pipe=self.pipe)
+            ren = cascade_renoise_times(
+                grids, delta=delta, spectrum_at=lambda g: _resolve_spectrum(fam, spectrum, g))
+        plan = self_cascade_plan(times_at, grids, ren, steps=len(pivot.stages[0].times) - 1,
+                                 up=up)
+        return self(*args, **big, plan=plan)
 
     def _check_plan(self, ad, plan) -> Plan:
         if not isinstance(plan, Plan):
@@ -323,6 +370,21 @@ def _check_call_args(kw: dict, scales, delta) -> None:
         sc = check_scales(scales)
         if len(sc) > 1:
             check_delta(delta, len(sc) - 1)
+
+
+def _resolve_spectrum(ad, spectrum, grid):
+    """``spectrum`` as given, else the family's published constants, else one fitted once
+    on shipped photos through the pipeline's VAE (cached; auto_spectrum)."""
+    if spectrum is None:
+        spectrum = ad.default_spectrum
+    if spectrum is None:
+        from .auto_spectrum import auto_spectrum
+
+        vsf = ad.pixels_per_cell or 8
+        cfg = getattr(ad.pipe, "_progress_bar_config", {}) or {}
+        spectrum = auto_spectrum(getattr(ad.pipe, "vae", None), grid[-2] * vsf, grid[-1] * vsf,
+                                 grid[-2:], progress=not cfg.get("disable", False))
+    return spectrum
 
 
 def check_stage_sizes(family: str, packing: str, multiple: int, vae_factor: int | None,
