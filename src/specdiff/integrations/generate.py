@@ -489,7 +489,9 @@ def run(cfg: GenerateConfig, prompts: Sequence[Mapping]) -> GenerateSummary:
             from diffusers.utils import logging as dlog
 
             dlog.disable_progress_bar()
-        return generate(cfg, prompts, rank=rank, world=world, device=device)
+        # checked above: load here, so generate() does not read the folder's configs again
+        return generate(cfg, prompts, rank=rank, world=world, device=device,
+                        pipe=load_pipeline(cfg, device))
     finally:
         if dist is not None and dist.is_initialized():
             dist.destroy_process_group()

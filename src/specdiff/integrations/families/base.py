@@ -123,7 +123,8 @@ class FolderLayout:
     """What a pipeline folder's JSON configs say about its latent grid, read before the
     pipeline loads (minutes for a real model) so bad sizes fail first.
 
-    ``vae_factor``: pixels per latent cell (the pipeline's ``vae_scale_factor``);
+    ``vae_factor``: pixels per cell of the plan's latent grid (:attr:`Adapter.pixels_per_cell`:
+    the VAE's factor, twice that for FLUX.2's 2x2 tokens);
     ``multiple``: stage sides must be multiples of it (:attr:`Adapter.multiple`);
     ``default_size``: ``(height, width)`` pixels when none is given, ``None`` if unknown;
     ``round_to_multiple``: the pipeline rounds latent sides down to ``multiple`` (FLUX).
