@@ -18,7 +18,6 @@ and CPU seconds per image (``time.process_time`` of this process, ``--threads`` 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -30,6 +29,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 from specdiff.analysis.bench import seeded_noise  # noqa: E402
 from specdiff.analysis.metrics import rapsd_distance, swd  # noqa: E402
 from specdiff.cascade import cascade_grids, cascade_renoise_times, self_cascade_plan  # noqa: E402
+from specdiff.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from specdiff.models import default_times, load  # noqa: E402
 from specdiff.plans import full_plan, measure_eval_cost  # noqa: E402
 from specdiff.sampling import sample  # noqa: E402
@@ -106,12 +106,8 @@ def main(argv=None) -> None:
                      f"{r['swd']:.4f} | {lv} | {r['rapsd']:.4f} |")
     table = "\n".join(lines)
     cmd = "python benchmarks/cascade_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    for name, text in (("results.md", table + f"\n\nCommand: `{cmd.strip()}`\n"),
-                       ("results.json", json.dumps({"rows": rows, "command": cmd}, indent=1))):
-        tmp = os.path.join(a.out, name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, os.path.join(a.out, name))
+    atomic_write_text(os.path.join(a.out, "results.md"), table + f"\n\nCommand: `{cmd.strip()}`\n")
+    atomic_write_json(os.path.join(a.out, "results.json"), {"rows": rows, "command": cmd.strip()})
     print("\n" + table)
 
 

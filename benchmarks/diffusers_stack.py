@@ -28,7 +28,6 @@ not what a trained model would skip.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -39,6 +38,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
+from specdiff.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from specdiff.integrations.diffusers import SpectralPipeline  # noqa: E402
 
 
@@ -187,12 +187,8 @@ def main(argv=None) -> None:
                      f"{r['calls']} | {r['rel_l2']:.2e} | {r['psnr']:.1f} |")
     table = "\n".join(lines)
     cmd = "python benchmarks/diffusers_stack.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    with open(os.path.join(a.out, "results.json.tmp"), "w") as f:
-        json.dump({"rows": rows, "command": cmd.strip()}, f, indent=1)
-    os.replace(os.path.join(a.out, "results.json.tmp"), os.path.join(a.out, "results.json"))
-    with open(os.path.join(a.out, "results.md.tmp"), "w") as f:
-        f.write(table + f"\n\nCommand: `{cmd.strip()}`\n")
-    os.replace(os.path.join(a.out, "results.md.tmp"), os.path.join(a.out, "results.md"))
+    atomic_write_json(os.path.join(a.out, "results.json"), {"rows": rows, "command": cmd.strip()})
+    atomic_write_text(os.path.join(a.out, "results.md"), table + f"\n\nCommand: `{cmd.strip()}`\n")
     print("\n" + table)
 
 

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cascade import OFFICIAL_STRENGTH
 from ..fileio import atomic_write_json, check_output_dir
 from ..images import image_grid, save_png
 from ..plans import Plan, full_plan, spd_plan
@@ -43,7 +44,7 @@ class SampleConfig:
     # SPD's activation time for ``delta``; "strength" at ``strength``; None: no cascade
     cascade: str | None = None
     pivot: int = 128  # the size the model was trained at: the cascade's first stage
-    strength: float = 0.7  # the official Self-Cascade re-noise strength
+    strength: float = OFFICIAL_STRENGTH  # the official Self-Cascade re-noise strength
 
     def validate(self) -> SampleConfig:
         if self.n < 1:

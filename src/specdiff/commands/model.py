@@ -229,11 +229,11 @@ def cmd_sample(args) -> int:
         raise ValueError("--cascade-strength needs --cascade")
     cascade = None if not args.cascade else (
         "spectral" if args.cascade_strength is None else "strength")
+    strength = {} if args.cascade_strength is None else {"strength": args.cascade_strength}
     cfg = SampleConfig(model=args.model, size=tuple(args.size), steps=args.steps, shift=args.shift,
                        solver=args.solver, n=args.n, scales=tuple(args.scales), delta=args.delta,
                        transition=args.transition, continuation=args.continuation, seed=args.seed,
-                       cascade=cascade, pivot=args.pivot,
-                       strength=0.7 if args.cascade_strength is None else args.cascade_strength)
+                       cascade=cascade, pivot=args.pivot, **strength)
     info = generate(cfg, args.out, progress=not args.quiet)
     print(f"{cfg.n} images in {info['seconds']:.1f} s ({info['plan']}); wrote {args.out}/grid.png "
           f"and {cfg.n} PNGs (image i uses seed {cfg.seed}+i)")
