@@ -590,8 +590,6 @@ def check_scales(scales) -> tuple[float, ...]:
     return s[:-1] + (1.0,)
 
 
-_check_scales = check_scales  # the name older code imports
-
 
 def stage_grids(grid, scales, *, multiple: int = 1, axes: int = 2) -> list[tuple[int, ...]]:
     """Grid of each stage: the last ``axes`` axes scaled and rounded to ``multiple``.
@@ -600,7 +598,7 @@ def stage_grids(grid, scales, *, multiple: int = 1, axes: int = 2) -> list[tuple
     sizes divisible by a patch size (2 for FLUX's 2x2 packing).
     """
     grid = _as_grid(grid)
-    scales = _check_scales(scales)
+    scales = check_scales(scales)
     if not 1 <= axes <= len(grid):
         raise ValueError(f"axes must be between 1 and {len(grid)}, got {axes}")
     if multiple < 1:
@@ -729,7 +727,7 @@ def spd_switch_times(grid, scales, spectrum, delta: float = 0.01, *, multiple: i
     deltas = check_delta(delta, len(grids) - 1)
     full_min = min(_as_grid(grid)[-axes:]) if axes >= 2 else _as_grid(grid)[-1]
     out = []
-    for s, g, d in zip(_check_scales(scales)[:-1], grids[:-1], deltas, strict=True):
+    for s, g, d in zip(check_scales(scales)[:-1], grids[:-1], deltas, strict=True):
         w = min(g[-axes:]) / 2.0
         if full_min < 2:
             raise ValueError("grid too small for SPD")
