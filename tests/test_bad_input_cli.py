@@ -74,6 +74,17 @@ CASES = [
       "{out}"], "is a dit model, not unet"),
     (["train", "--init", "dit", "--model-config", '{{"dim": 64}}', "--steps", "2", "--out",
       "{out}"], "does not apply with init"),
+    # train --objective slim (docs/slim.md)
+    (["train", "--objective", "slim", "--lambda-spatial", "-0.1", "--steps", "2", "--out",
+      "{out}"], "must be >= 0"),
+    (["train", "--objective", "slim", "--freq-alpha", "nan", "--steps", "2", "--out", "{out}"],
+     "finite number"),
+    (["train", "--teacher", "unet", "--steps", "2", "--out", "{out}"], "need objective slim"),
+    (["train", "--objective", "slim", "--teacher", "dit", "--steps", "2", "--out", "{out}"],
+     "needs UNet features"),
+    (["train", "--objective", "slim", "--model", "dit", "--steps", "2", "--out", "{out}"],
+     "must be a 'wgunet' or a 'unet'"),
+    (["bench", "--compare", "unet,unet", "--out", "{out}"], "lists a model twice"),
     # found by a sweep of bad values over every command (accepted before)
     (["sample", "--scales", "0.001,1", "--out", "{out}"], "below the smallest stage side 8"),
     (["bench", "--fd-model", "{dir}/nope.pt", "--out", "{out}"], "feature model"),

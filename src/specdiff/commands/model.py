@@ -42,8 +42,9 @@ def register(sub) -> None:
         "steps; the spd fine-tuning, 1200 steps: 22 min). Ctrl-C (or SIGTERM) finishes the "
         "running step, saves a checkpoint and exits 1; rerun the same command to resume, "
         "bit-exactly.")
-    p.add_argument("--model", default=None, choices=("unet", "dit"),
-                   help="architecture (default unet; with --init, the init model's)")
+    p.add_argument("--model", default=None, choices=("unet", "wgunet", "dit"),
+                   help="architecture (default unet; wgunet for --objective slim; with --init, "
+                   "the init model's)")
     p.add_argument("--model-config", type=_json_obj, default={},
                    help='JSON overrides of the model config, e.g. \'{"base": 16}\'')
     p.add_argument("--data", default="skimage", help="'skimage' (default) or a folder of images")
@@ -62,13 +63,23 @@ def register(sub) -> None:
                    help="start from this model (shipped name or checkpoint path); its config is used")
     p.add_argument("--objective", default="flow", choices=objective_files(),
                    help="'flow': data targets; 'spd': SPD fine-tuning of --init on the states the "
-                   "progressive sampler visits, the --init model as frozen teacher")
+                   "progressive sampler visits, the --init model as frozen teacher; 'slim': "
+                   "distil a slim wavelet-gated UNet from --teacher (docs/slim.md)")
     p.add_argument("--spd-scales", type=_floats, default=None,
                    help="coarse/fine grid ratios of the SPD states (default 0.5)")
     p.add_argument("--spd-mix", type=_floats, default=None,
                    help="weights of coarse, post-transition and full-grid states (default 0.7,0,0.3)")
     p.add_argument("--spd-delta", type=float, default=None,
                    help="post-transition states start at SPD's switch time for this delta (default 0.1)")
+    p.add_argument("--teacher", default=None,
+                   help="objective slim: the frozen teacher (shipped name or checkpoint; "
+                   "default unet)")
+    p.add_argument("--lambda-spatial", type=float, default=None,
+                   help="objective slim: weight of the feature-alignment term (default 0.1)")
+    p.add_argument("--lambda-freq", type=float, default=None,
+                   help="objective slim: weight of the inverse-spectrum output term (default 0.1)")
+    p.add_argument("--freq-alpha", type=float, default=None,
+                   help="objective slim: exponent of the DFT weight |F(x0)|^alpha (default -1)")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--checkpoint-every", type=int, default=None)
@@ -124,6 +135,13 @@ def register(sub) -> None:
     p.add_argument("--methods", default=None,
                    help=f"comma-separated subset: {','.join(ALL_METHODS)}")
     p.add_argument("--n-real", type=int, default=256, help="held-out real crops for SWD/RAPSD")
+    p.add_argument("--compare", default=None,
+                   help="comma-separated other models (names, checkpoints or train folders) on "
+                   "the same seeds and metrics: each runs the baseline and, with spd in "
+                   "--methods, SPD; matched adds --model with fewer steps at their cost")
+    p.add_argument("--bootstrap", type=int, default=0,
+                   help="paired bootstrap of each row's SWD change vs the baseline over this "
+                   "many seed resamples (5-95%% interval in the table; 0: off, try 100)")
     p.add_argument("--fd-model", default=None,
                    help="local Inception/CLIP model (TorchScript file or HF folder) for Frechet "
                    "distance; nothing downloads")
@@ -181,8 +199,12 @@ def cmd_train(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    slim = {k: v for k, v in (("teacher", args.teacher), ("lambda_spatial", args.lambda_spatial),
+                              ("lambda_freq", args.lambda_freq), ("alpha", args.freq_alpha))
+            if v is not None}
     cfg = recipe_config(
         args.objective, model=args.model, model_config=args.model_config, init=args.init,
+        options=slim or None,
         data=args.data, steps=args.steps, sizes=args.sizes, size_weights=args.size_weights,
         pixels=args.pixels, lr=args.lr, shift_size=args.shift_size, seed=args.seed,
         window=args.window, spd_scales=args.spd_scales, spd_mix=args.spd_mix,
@@ -249,7 +271,9 @@ def _bench_config(args):
                        repeats=args.repeats, deltas=tuple(args.deltas), methods=methods,
                        continuations=tuple(c.strip() for c in args.continuation.split(",")),
                        n_real=args.n_real, seed=args.seed, fd_model=args.fd_model,
-                       threads=args.threads)
+                       threads=args.threads, bootstrap=args.bootstrap,
+                       compare=tuple(m.strip() for m in args.compare.split(","))
+                       if args.compare else ())
 
 
 def _stopped(out) -> int:

@@ -20,17 +20,17 @@ from ..denoisers import FlowDenoiser
 from ..plans import flow_times
 from ..spectral import as_shape, as_size
 from .checkpoint import is_temp_file, load_state_checked, read_checkpoint, save_model
-from .config import DiTConfig, UNetConfig, config_from_dict, config_to_dict
+from .config import DiTConfig, UNetConfig, WGUNetConfig, config_from_dict, config_to_dict
 from .dit import DiT
 from .unet import UNet
 
 __all__ = [
-    "EmbeddedModel", "UNetConfig", "DiTConfig", "UNet", "DiT", "build", "load", "save_model",
+    "EmbeddedModel", "UNetConfig", "WGUNetConfig", "DiTConfig", "UNet", "DiT", "build", "load", "save_model",
     "checkpoint_path", "SHIPPED", "default_times", "config_from_dict", "config_to_dict",
 ]
 
 #: Names that ``load`` resolves to shipped checkpoints.
-SHIPPED = ("unet", "unet-base", "dit")
+SHIPPED = ("unet", "unet-base", "dit", "unet-slim")
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 
 #: The default time grid is the SD3 shift ``rho t / (1 + (rho - 1) t)`` with
@@ -54,11 +54,16 @@ def build(config) -> torch.nn.Module:
     """A freshly initialised network for a config (object or JSON dict)."""
     if isinstance(config, dict):
         config = config_from_dict(config)
+    if isinstance(config, WGUNetConfig):  # before UNetConfig: it is a subclass
+        from .wgunet import WGUNet
+
+        return WGUNet(config)
     if isinstance(config, UNetConfig):
         return UNet(config)
     if isinstance(config, DiTConfig):
         return DiT(config)
-    raise ValueError(f"config must be a UNetConfig or DiTConfig, got {type(config).__name__}")
+    raise ValueError(f"config must be a UNetConfig, WGUNetConfig or DiTConfig, got "
+                     f"{type(config).__name__}")
 
 
 class EmbeddedModel(FlowDenoiser):

@@ -108,7 +108,7 @@ class UNet(nn.Module):
                 ch = w
             self.down_blocks.append(blocks)
             if i < len(widths) - 1:
-                self.downsamplers.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+                self.downsamplers.append(self.make_downsampler(ch))
         self.mid = nn.ModuleList([ResBlock(ch, ch, emb_dim, c.groups) for _ in range(2)])
         self.mid_attn = MidAttention(ch, c.mid_attention, c.groups) if c.mid_attention else None
         self.up_blocks = nn.ModuleList()
@@ -120,14 +120,37 @@ class UNet(nn.Module):
             ch = w
             self.up_blocks.append(blocks)
             if i > 0:
-                self.upsamplers.append(nn.Conv2d(ch, widths[i - 1], 3, padding=1))
+                self.upsamplers.append(self.make_upsampler(ch, widths[i - 1]))
                 ch = widths[i - 1]
         self.out_norm = nn.GroupNorm(c.groups, ch)
         self.out = nn.Conv2d(ch, c.channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
+    # -- resampling: the seams a variant replaces (models/wgunet.py: wavelet gating) --------
+
+    def make_downsampler(self, ch: int) -> nn.Module:
+        """Halve the grid, ``ch`` channels in and out: a stride-2 3x3 convolution."""
+        return nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def make_upsampler(self, cin: int, cout: int) -> nn.Module:
+        """The convolution of :meth:`upsample` (``cin`` -> ``cout`` channels)."""
+        return nn.Conv2d(cin, cout, 3, padding=1)
+
+    def upsample(self, j: int, h: torch.Tensor) -> torch.Tensor:
+        """Double the grid with upsampler ``j``: nearest-neighbour, then its convolution."""
+        return self.upsamplers[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x, t)[0]
+
+    def forward_features(self, x: torch.Tensor, t: torch.Tensor):
+        """``(v, features)``: the output and the decoder's feature map at every level.
+
+        ``features[k]`` is the last decoder block's output at downsampling factor ``2**k``
+        (``(B, base * mults[k], H_pad / 2**k, W_pad / 2**k)`` on the padded grid, finest
+        first): what feature distillation aligns (``training/objectives/slim.py``).
+        """
         if x.ndim != 4 or x.shape[1] != self.config.channels:
             raise ValueError(
                 f"UNet expects (B, {self.config.channels}, H, W), got {tuple(x.shape)}"
@@ -153,12 +176,13 @@ class UNet(nn.Module):
         if self.mid_attn is not None:
             h = self.mid_attn(h)
         h = self.mid[1](h, emb)
+        features = []
         for j, blocks in enumerate(self.up_blocks):
             h = torch.cat([h, skips.pop()], dim=1)
             for blk in blocks:
                 h = blk(h, emb)
+            features.append(h)
             if j < len(self.upsamplers):
-                h = F.interpolate(h, scale_factor=2.0, mode="nearest")
-                h = self.upsamplers[j](h)
+                h = self.upsample(j, h)
         out = self.out(F.silu(self.out_norm(h)))
-        return out[..., :h0, :w0]
+        return out[..., :h0, :w0], features[::-1]

@@ -181,6 +181,24 @@ def recipe_config(objective: str = "flow", *, model: str | None = None,
     from ..models.checkpoint import read_checkpoint
 
     over = {k: v for k, v in overrides.items() if v is not None}
+    if over.get("options") and objective != "slim":
+        raise ValueError(f"{', '.join(sorted(over['options']))} (--teacher, --lambda-*, "
+                         "--freq-alpha) need objective slim (--objective slim)")
+    if objective == "slim":
+        from .objectives.slim import slim_config
+
+        spd_only = [k for k in ("spd_scales", "spd_mix", "spd_delta") if over.get(k)]
+        if spd_only:
+            raise ValueError(f"{', '.join(spd_only)} (--spd-*) need objective spd (--objective spd)")
+        opts = over.pop("options", {}) or {}
+        if init and over.get("init") is None:
+            over["init"] = str(init)
+        if over.get("sizes") is not None and over.get("size_weights") is None:
+            over["size_weights"] = tuple(1.0 for _ in over["sizes"])
+        if data is not None and data != "skimage":
+            over["data"] = str(data)
+        return slim_config(opts.pop("teacher", "unet"), model=model, model_config=model_config,
+                           options=opts, **over)
     if objective == "spd":
         if model_config:
             raise ValueError("model_config (--model-config) does not apply to objective spd: the "

@@ -448,11 +448,12 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = True,
 
     cfg = cfg.validate()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     acc = Accelerator(cpu=cpu)
-    removed = remove_temp_files(out) if acc.is_main_process else []
     objective = objective_class(cfg.objective)(cfg)
+    # the models first: an init or teacher that cannot be used leaves no folder behind
     names, trained, frozen = _build_models(cfg, objective)
+    out.mkdir(parents=True, exist_ok=True)
+    removed = remove_temp_files(out) if acc.is_main_process else []
     step, history, meter = 0, [], _Meter()
     state_path = out / STATE_FILE
     if resume and state_path.is_file():
