@@ -119,3 +119,15 @@ def test_bad_inputs_are_value_errors():
         M.psnr(torch.zeros(3, 8, 8), torch.zeros(3, 8, 8))
     with pytest.raises(ValueError, match="NaN"):
         M.swd(imgs(2, 32) * float("nan"), imgs(2, 32))
+
+
+def test_rapsd_distance_in_the_upper_band():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 3, 16, 16, generator=g)
+    # twice the amplitude: 10 log10(4) dB at every frequency, so in any band
+    assert M.rapsd_distance(2 * a, a, fmin=4.0) == pytest.approx(10 * math.log10(4), rel=1e-6)
+    # a smoothed copy differs most at the top: the upper band's distance is the larger
+    smooth = torch.nn.functional.avg_pool2d(a, 3, stride=1, padding=1)
+    assert M.rapsd_distance(smooth, a, fmin=4.0) > M.rapsd_distance(smooth, a)
+    with pytest.raises(ValueError, match="above every frequency"):
+        M.rapsd_distance(a, a, fmin=100.0)

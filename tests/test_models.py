@@ -189,7 +189,7 @@ def test_default_times_use_the_resolution_shift():
     assert torch.equal(default_times(4, (32, 32)), default_times(4, (64, 64)))  # shift >= 1
 
 
-@pytest.mark.parametrize("name", ["unet", "unet-base", "dit"])
+@pytest.mark.parametrize("name", ["unet", "unet-base", "dit", "unet-slim"])
 def test_shipped_checkpoints_load(name):
     path = CHECKPOINT_DIR / f"{name}.safetensors"
     if not path.is_file():
@@ -198,16 +198,19 @@ def test_shipped_checkpoints_load(name):
     side = json.loads(path.with_suffix(".json").read_text())
     assert side["record"]["command"].startswith("specdiff train")
     den = load(name)
-    assert isinstance(den, EmbeddedModel) and isinstance(den.net, UNet | DiT)
+    assert isinstance(den, EmbeddedModel) and isinstance(den.net, UNet | DiT)  # WGUNet is a UNet
     A, beta = den.spectrum(128)
     assert A > 0 and 1 < beta < 4
     x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(den(x, torch.tensor([0.5]))).all()
 
 
-def test_shipped_unet_record_reproduces_its_training_config():
-    """The command in unet.json, parsed by today's CLI, gives exactly the config it was trained
-    with (SPD fine-tuning of the shipped unet-base)."""
+@pytest.mark.parametrize("name, objective, init", [("unet", "spd", "unet-base"),
+                                                   ("unet-slim", "slim", "")])
+def test_shipped_record_reproduces_its_training_config(name, objective, init):
+    """The command in NAME.json, parsed by today's CLI, gives exactly the config it was trained
+    with (unet: SPD fine-tuning of the shipped unet-base; unet-slim: slim distillation from
+    the shipped unet)."""
     import shlex
     from unittest import mock
 
@@ -215,7 +218,7 @@ def test_shipped_unet_record_reproduces_its_training_config():
     from specdiff.cli import main
     from specdiff.training.loop import TrainConfig
 
-    side = json.loads((CHECKPOINT_DIR / "unet.json").read_text())
+    side = json.loads((CHECKPOINT_DIR / f"{name}.json").read_text())
     seen = {}
 
     def fake_train(cfg, out, **kw):
@@ -226,4 +229,4 @@ def test_shipped_unet_record_reproduces_its_training_config():
     with mock.patch.object(loop, "train", fake_train), pytest.raises(SystemExit):
         main(argv)
     assert seen["cfg"] == TrainConfig.from_dict(side["meta"]["train"])
-    assert seen["cfg"].objective == "spd" and seen["cfg"].init == "unet-base"
+    assert seen["cfg"].objective == objective and seen["cfg"].init == init

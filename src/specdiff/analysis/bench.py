@@ -28,6 +28,7 @@ Outputs in ``out``: ``results.md`` (the table), ``results.json``, ``pareto.png``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -80,6 +81,13 @@ class BenchConfig:
     fd_model: str | None = None
     optimal_tolerances: tuple[float, ...] = (0.0, 0.25)
     threads: int | None = None
+    # other models on the same seeds, noise and metrics (analysis/compare.py): each runs the
+    # baseline and, with "spd" in methods, the SPD plans; "matched" adds the main model at
+    # each of their costs
+    compare: tuple[str, ...] = ()
+    # paired bootstrap of the SWD change vs the baseline: resamples of the seeds (the same
+    # resample for every row), reported as the 5-95% interval; 0: off
+    bootstrap: int = 0
 
     def validate(self) -> BenchConfig:
         bad = [m for m in self.methods if m not in ALL_METHODS]
@@ -104,10 +112,18 @@ class BenchConfig:
         if self.n_real < 2:
             raise ValueError(f"n_real (--n-real) must be at least 2 held-out crops for SWD/RAPSD "
                              f"(default 256), got {self.n_real}")
+        if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or not (
+                self.bootstrap == 0 or self.bootstrap >= 10):
+            raise ValueError(f"bootstrap (--bootstrap) is a number of seed resamples: 0 (off) or "
+                             f">= 10 (100 is a good choice), got {self.bootstrap!r}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be a positive number of CPU threads, got {self.threads}")
         if self.fd_model:
             M.check_feature_model(self.fd_model)  # before the sampling, not after it
+        if self.compare:
+            from .compare import check_compared
+
+            check_compared(self)
 
 
 # ---------------------------------------------------------------------------
@@ -127,6 +143,15 @@ class BenchModel:
     data: str = "skimage"
     field: object = None  # the GaussianField when the model is the exact testbed
     window: int = 128  # crops' smallest source window (training/data.py), for real crops
+    compared: dict = dataclasses.field(default_factory=dict)  # key -> BenchModel (analysis/compare.py)
+
+    @property
+    def denoisers(self):
+        """What :func:`~specdiff.sampling.sample` walks the plans with: the denoiser, or with
+        compared models the mapping ``{"default": it, key: theirs}``."""
+        if not self.compared:
+            return self.denoiser
+        return {"default": self.denoiser, **{k: o.denoiser for k, o in self.compared.items()}}
 
     def times(self, steps: int, grid, shift=None) -> torch.Tensor:
         from ..models import default_times
@@ -195,6 +220,14 @@ def build_plans(cfg: BenchConfig, bm: BenchModel, flops: dict, *,
     _measure(bm, flops, [st.grid for p in plans for st in p.stages], progress)
     if "matched" in want:
         plans += _matched_plans(cfg, s, progressive, flops)
+    if bm.compared:
+        from .compare import compared_plans, matched_for_compared
+
+        theirs = compared_plans(cfg, bm.compared, flops, progress)
+        plans += theirs
+        if "matched" in want:
+            taken = {p.steps for p in plans if p.stages[-1].model is None}
+            plans += matched_for_compared(cfg, s, theirs, flops, taken)
     return plans
 
 
@@ -304,10 +337,12 @@ class MethodResult:
     swd: float = float("nan")
     swd_levels: list[float] = field(default_factory=list)
     lsd: float = float("nan")
+    lsd_high: float = float("nan")  # RAPSD distance above a quarter of the side (see _quality)
     psnr: float = float("nan")
     ssim: float = float("nan")
     fd: float | None = None
     w2: float | None = None
+    swd_interval: tuple[float, float] | None = None  # 5-95% of the paired bootstrap (relative)
 
     @property
     def median(self) -> float:
@@ -359,15 +394,21 @@ def run_bench(cfg: BenchConfig, out: str | Path | None = None, *, progress: bool
         _say(progress, f"--fresh: discarded the partial bench in {out / PARTIAL_DIR}")
     _say(progress, f"loading model {cfg.model} ({cfg.size[0]}x{cfg.size[1]})")
     bm = load_bench_model(cfg.model, tuple(cfg.size))
+    if cfg.compare:
+        from .compare import load_compared
+
+        _say(progress, f"loading the compared models {', '.join(cfg.compare)}")
+        bm.compared = load_compared(cfg, bm)
     _say(progress, "building the methods' plans")
     flops: dict = {}
     plans = build_plans(cfg, bm, flops, progress=progress)
     _say(progress, f"{len(plans)} plans; {cfg.repeats} repeat(s) x {cfg.n // cfg.time_batch} "
                    f"batch(es) of {cfg.time_batch} images, every plan on each")
-    full_flops = flops[tuple(cfg.size)]
+    from .compare import absolute_flops
+
     results = [MethodResult(p.name,
                             " + ".join(f"{r['steps']}@{r['grid']}" for r in p.describe(cfg.solver)),
-                            sum(p.evaluations(cfg.solver)), p.cost(flops, cfg.solver) * full_flops)
+                            sum(p.evaluations(cfg.solver)), absolute_flops(p, flops, cfg.solver))
                for p in plans]
     # readable and unique (two sessions can start in the same second, in one process)
     session = {"id": f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}",
@@ -423,7 +464,7 @@ def _run_units(cfg: BenchConfig, bm: BenchModel, plans, results, units, done: di
                                 f"{len(plans)}", refresh=False)
             in_bar[0] = 0.0
             t0 = time.perf_counter()
-            x = sample(bm.denoiser, p, solver=cfg.solver, noise=noise, generator=gens,
+            x = sample(bm.denoisers, p, solver=cfg.solver, noise=noise, generator=gens,
                        callback=tick if progress else None)
             # the progress bar's own time is not the method's: leave it out of the timing
             times.append(time.perf_counter() - t0 - in_bar[0])
@@ -466,6 +507,7 @@ def _quality(cfg: BenchConfig, bm: BenchModel, plans, results, samples, progress
         s = ref_swd(x)
         r.swd, r.swd_levels = s["mean"], s["levels"]
         r.lsd = M.rapsd_distance(x, real)
+        r.lsd_high = M.rapsd_distance(x, real, fmin=min(cfg.size) / 4)
         if k > 0:
             r.psnr = M.psnr(x, base)
             r.ssim = M.ssim(x, base)
@@ -473,6 +515,11 @@ def _quality(cfg: BenchConfig, bm: BenchModel, plans, results, samples, progress
             r.fd = M.frechet_distance(x, real, extractor)
         if bm.field is not None and methods.has_closed_form(plans[k]):
             r.w2 = bm.field.w2(plans[k], cfg.solver)
+    if cfg.bootstrap:
+        _say(progress, f"paired bootstrap of the SWD change: {cfg.bootstrap} seed resamples")
+        for r, (lo, hi) in zip(results, paired_swd_intervals(ref_swd, samples, cfg.bootstrap,
+                                                             cfg.seed), strict=True):
+            r.swd_interval = (lo, hi)
     _say(progress, "reference rows: other held-out crops, training crops, Gaussian field")
     refs = {}
     g = torch.Generator().manual_seed(cfg.seed + 777)
@@ -491,15 +538,38 @@ def _quality(cfg: BenchConfig, bm: BenchModel, plans, results, samples, progress
     return real, refs
 
 
+def paired_swd_intervals(ref_swd, samples: list[torch.Tensor], resamples: int,
+                         seed: int = 0) -> list[tuple[float, float]]:
+    """5% and 95% quantiles of ``SWD(row) / SWD(baseline) - 1`` over bootstrap resamples of
+    the seeds: each resample draws ``n`` seed indices with replacement and scores every row on
+    the same ones (``samples[0]`` is the baseline), so the interval is of the paired change,
+    not of two independent noises. The first row's interval is ``(0, 0)``."""
+    n = samples[0].shape[0]
+    g = torch.Generator().manual_seed(seed + 4241)
+    rel: list[list[float]] = [[] for _ in samples]
+    for _ in range(resamples):
+        idx = torch.randint(n, (n,), generator=g)
+        base = ref_swd(samples[0][idx])["mean"]
+        for k, x in enumerate(samples):
+            rel[k].append(0.0 if k == 0 else ref_swd(x[idx])["mean"] / base - 1)
+    out = []
+    for v in rel:
+        q = torch.quantile(torch.tensor(v, dtype=torch.float64), torch.tensor([0.05, 0.95],
+                                                                             dtype=torch.float64))
+        out.append((float(q[0]), float(q[1])))
+    return out
+
+
 def _warm_up(cfg: BenchConfig, bm: BenchModel, plans, progress: bool) -> None:
     """One call per grid (kernel selection, caches) so that no method pays it in timing."""
     from tqdm.auto import tqdm
 
+    dens = {None: bm.denoiser, **{k: o.denoiser for k, o in bm.compared.items()}}
     with torch.no_grad():
-        for g in tqdm(sorted({st.grid for p in plans for st in p.stages}), desc="warm-up",
-                      unit="grid", disable=not progress, leave=False):
-            bm.denoiser(torch.zeros(cfg.time_batch, bm.channels, *g),
-                        torch.full((cfg.time_batch,), 0.5))
+        for key, g in tqdm(sorted({(st.model or "", st.grid) for p in plans for st in p.stages}),
+                           desc="warm-up", unit="grid", disable=not progress, leave=False):
+            dens[key or None](torch.zeros(cfg.time_batch, bm.channels, *g),
+                              torch.full((cfg.time_batch,), 0.5))
 
 
 def _set_times(results: list[MethodResult], units, done: dict) -> None:
@@ -538,6 +608,8 @@ def _fingerprint(cfg: BenchConfig) -> dict:
     fp = json.loads(json.dumps(asdict(cfg)))
     # a retrained checkpoint at the same path must not be mixed with the old one's samples
     fp["model_sha256"] = None if cfg.model == "gaussian" else sha256_file(checkpoint_path(cfg.model))
+    if cfg.compare:
+        fp["compare_sha256"] = [sha256_file(checkpoint_path(m)) for m in cfg.compare]
     fp["torch"] = torch.__version__
     fp["torch_threads"] = torch.get_num_threads()
     return fp
@@ -710,8 +782,10 @@ def _summary(cfg, bm, plans, results, refs, flops) -> dict:
             "speedup_over_flop_ratio": speed / flop_ratio,
             "gflops_per_image": r.flops / 1e9,
             "swd_x1e3": 1e3 * r.swd, "swd_vs_baseline": r.swd / base.swd - 1,
+            "swd_vs_baseline_p05_p95": list(r.swd_interval) if r.swd_interval else None,
             "swd_levels_x1e3": [1e3 * v for v in r.swd_levels],
-            "rapsd_lsd_db": r.lsd, "psnr_vs_baseline": r.psnr, "ssim_vs_baseline": r.ssim,
+            "rapsd_lsd_db": r.lsd, "rapsd_high_lsd_db": r.lsd_high,
+            "psnr_vs_baseline": r.psnr, "ssim_vs_baseline": r.ssim,
             "fd": r.fd, "exact_w2": r.w2,
             "plan": [{"grid": list(st.grid), "times": list(st.times)} for st in p.stages],
         })
@@ -719,7 +793,7 @@ def _summary(cfg, bm, plans, results, refs, flops) -> dict:
         "config": asdict(cfg), "model": bm.name, "spectrum": {"A": bm.spectrum[0],
                                                               "beta": bm.spectrum[1]},
         "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "flops_per_eval": {"x".join(map(str, g)): v for g, v in sorted(flops.items())},
+        "flops_per_eval": {_flops_key(g): v for g, v in sorted(flops.items(), key=_flops_order)},
         "rows": rows,
         "references": {k: {"swd_x1e3": 1e3 * v[0], "rapsd_lsd_db": v[1]} for k, v in refs.items()},
     }
@@ -730,8 +804,22 @@ def _summary(cfg, bm, plans, results, refs, flops) -> dict:
 # ---------------------------------------------------------------------------
 
 
+def _flops_key(g) -> str:
+    """``(128, 128)`` -> ``"128x128"``; a compared model's ``(key, grid)`` -> ``"key 128x128"``."""
+    if g and isinstance(g[0], str):
+        return f"{g[0]} {'x'.join(map(str, g[1]))}"
+    return "x".join(map(str, g))
+
+
+def _flops_order(item):
+    g = item[0]
+    return (g[0], tuple(g[1])) if g and isinstance(g[0], str) else ("", tuple(g))
+
+
 def markdown_table(res: dict) -> str:
     cfg = res["config"]
+    if cfg.get("compare"):
+        return _compare_table(res)
     lines = [
         f"model `{res['model']}`, {cfg['size'][0]}x{cfg['size'][1]}, {cfg['steps']} steps "
         f"{cfg['solver']}, n={cfg['n']} seeds (batches of {cfg['time_batch']}), "
@@ -748,7 +836,7 @@ def markdown_table(res: dict) -> str:
         + ("---|" if any(r["exact_w2"] is not None for r in res["rows"]) else ""),
     ]
     for i, r in enumerate(res["rows"]):
-        rel = "" if i == 0 else f" ({100 * r['swd_vs_baseline']:+.1f}%)"
+        rel = "" if i == 0 else f" ({_swd_change(r)})"
         ps = "-" if i == 0 or math.isnan(r["psnr_vs_baseline"]) else f"{r['psnr_vs_baseline']:.1f}"
         ss = "-" if i == 0 or math.isnan(r["ssim_vs_baseline"]) else f"{r['ssim_vs_baseline']:.3f}"
         line = (f"| {r['method']} | {r['stages']} | {r['wall_median_s']:.2f} "
@@ -764,6 +852,43 @@ def markdown_table(res: dict) -> str:
         lines.append(f"| *reference: {k}* | - | - | - | - | - | {v['swd_x1e3']:.1f} | "
                      f"{v['rapsd_lsd_db']:.2f} | - | - |")
     return "\n".join(lines) + "\n"
+
+
+def _compare_table(res: dict) -> str:
+    """The table of a bench with compared models: GFLOPs per image and the RAPSD distance in
+    the upper frequencies (above a quarter of the side) beside the usual columns, and the SWD
+    of every pyramid level (coarse to fine: composition to texture)."""
+    cfg = res["config"]
+    lines = [
+        f"main model `{res['model']}`, compared: {', '.join(f'`{m}`' for m in cfg['compare'])}; "
+        f"{cfg['size'][0]}x{cfg['size'][1]}, {cfg['steps']} steps {cfg['solver']}, "
+        f"n={cfg['n']} seeds (batches of {cfg['time_batch']}), {res['threads']} thread(s)",
+        *_sessions_note(res),
+        "",
+        "| method | stages (steps@grid) | GFLOPs/image | FLOP ratio | wall s/batch median "
+        "[min-max] | speed-up | SWD x1e3 (vs baseline) | SWD per level x1e3 (coarse..fine) "
+        "| RAPSD dB | RAPSD dB, f > side/4 | PSNR dB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(res["rows"]):
+        rel = "" if i == 0 else f" ({_swd_change(r)})"
+        ps = "-" if i == 0 or math.isnan(r["psnr_vs_baseline"]) else f"{r['psnr_vs_baseline']:.1f}"
+        lv = " / ".join(f"{v:.0f}" for v in r["swd_levels_x1e3"][::-1])
+        lines.append(f"| {r['method']} | {r['stages']} | {r['gflops_per_image']:.1f} | "
+                     f"{r['flop_ratio']:.2f}x | {r['wall_median_s']:.2f} [{r['wall_min_s']:.2f}-"
+                     f"{r['wall_max_s']:.2f}] | {r['speedup']:.2f}x | {r['swd_x1e3']:.1f}{rel} | "
+                     f"{lv} | {r['rapsd_lsd_db']:.2f} | {r['rapsd_high_lsd_db']:.2f} | {ps} |")
+    for k, v in res["references"].items():
+        lines.append(f"| *reference: {k}* | - | - | - | - | - | {v['swd_x1e3']:.1f} | - | "
+                     f"{v['rapsd_lsd_db']:.2f} | - | - |")
+    return "\n".join(lines) + "\n"
+
+
+def _swd_change(r: dict) -> str:
+    """``+3.0%``, with the paired bootstrap's 5-95% interval when measured: ``+3.0% [+1.2, +4.9]``."""
+    txt = f"{100 * r['swd_vs_baseline']:+.1f}%"
+    iv = r.get("swd_vs_baseline_p05_p95")
+    return txt + (f" [{100 * iv[0]:+.1f}, {100 * iv[1]:+.1f}]" if iv else "")
 
 
 def _sessions_note(res: dict) -> list[str]:

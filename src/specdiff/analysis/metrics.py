@@ -216,14 +216,25 @@ def swd(a: torch.Tensor, b: torch.Tensor, **kwargs) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def rapsd_distance(a: torch.Tensor, b: torch.Tensor, *, basis: str = "dct") -> float:
-    """RMS over frequency of ``10 log10(P_a / P_b)`` in dB (RAPSD, DC excluded, mean removed)."""
+def rapsd_distance(a: torch.Tensor, b: torch.Tensor, *, basis: str = "dct",
+                   fmin: float | None = None) -> float:
+    """RMS over frequency of ``10 log10(P_a / P_b)`` in dB (RAPSD, DC excluded, mean removed).
+
+    ``fmin``: only frequencies ``>= fmin`` cycles per image (e.g. ``min(H, W) / 4``, the
+    upper half of the band to Nyquist: where slim models lose texture).
+    """
     a, b = _check_images(a, "a", min_n=2), _check_images(b, "b", min_n=2)
     if a.shape[-2:] != b.shape[-2:]:
         raise ValueError("rapsd_distance needs images of the same size")
-    _, p = rapsd(a, basis=basis)
+    f, p = rapsd(a, basis=basis)
     _, q = rapsd(b, basis=basis)
     r = 10 * torch.log10(p.clamp_min(1e-30) / q.clamp_min(1e-30))
+    if fmin is not None:
+        keep = torch.as_tensor(f) >= fmin
+        if not keep.any():
+            raise ValueError(f"fmin={fmin} is above every frequency of these images (max "
+                             f"{float(torch.as_tensor(f).max()):.1f} cycles per image)")
+        r = r[keep]
     return float(torch.sqrt((r**2).mean()))
 
 
