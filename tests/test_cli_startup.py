@@ -43,7 +43,7 @@ def test_torch_free_name_lists_match_the_library():
     from specdiff.training.objectives import objective_names
 
     assert METHOD_KEYS == ALL_METHODS and NAMES_DELTAS == SPD_DELTAS
-    assert objective_files() == objective_names() == ["flow", "spd"]
+    assert objective_files() == objective_names() == ["flow", "slim", "spd"]
     assert MAX_STEPS == PLANS_MAX == 10_000
 
 
