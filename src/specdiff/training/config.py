@@ -132,6 +132,13 @@ def default_config(kind: str = "unet", **overrides) -> TrainConfig:
     return replace(base, **overrides).validate()
 
 
+def inherited_data_settings(meta: dict) -> dict:
+    """The data settings a model trained from another one keeps from its training record
+    (``meta["train"]``): data source, crop window, time shift and uniform-t share."""
+    rec = meta.get("train") or {}
+    return {k: rec[k] for k in ("data", "window", "shift_size", "uniform_t") if k in rec}
+
+
 def spd_finetune_config(init: str = "unet-base", **overrides) -> TrainConfig:
     """The SPD fine-tuning recipe for the model ``init`` (name or path), with overrides.
 
@@ -146,9 +153,8 @@ def spd_finetune_config(init: str = "unet-base", **overrides) -> TrainConfig:
 
     _, config, meta = read_checkpoint(checkpoint_path(init))
     base = TrainConfig(model=config_to_dict(config))
-    rec = meta.get("train") or {}
-    keep = {k: rec[k] for k in ("data", "window", "shift_size", "uniform_t") if k in rec}
-    base = replace(base, **keep, init=str(init), objective="spd", steps=1200, sizes=(64, 128),
+    base = replace(base, **inherited_data_settings(meta), init=str(init), objective="spd",
+                   steps=1200, sizes=(64, 128),
                    size_weights=(0.3, 0.7), pixels=4 * 128 * 128, lr=1e-4, warmup=50)
     return replace(base, **overrides).validate()
 
@@ -181,15 +187,15 @@ def recipe_config(objective: str = "flow", *, model: str | None = None,
     from ..models.checkpoint import read_checkpoint
 
     over = {k: v for k, v in overrides.items() if v is not None}
+    spd_only = [k for k in ("spd_scales", "spd_mix", "spd_delta") if over.get(k)]
+    if spd_only and objective != "spd":
+        raise ValueError(f"{', '.join(spd_only)} (--spd-*) need objective spd (--objective spd)")
     if over.get("options") and objective != "slim":
         raise ValueError(f"{', '.join(sorted(over['options']))} (--teacher, --lambda-*, "
                          "--freq-alpha) need objective slim (--objective slim)")
     if objective == "slim":
         from .objectives.slim import slim_config
 
-        spd_only = [k for k in ("spd_scales", "spd_mix", "spd_delta") if over.get(k)]
-        if spd_only:
-            raise ValueError(f"{', '.join(spd_only)} (--spd-*) need objective spd (--objective spd)")
         opts = over.pop("options", {}) or {}
         if init and over.get("init") is None:
             over["init"] = str(init)
@@ -207,9 +213,6 @@ def recipe_config(objective: str = "flow", *, model: str | None = None,
         arch = cfg.model
         _check_init_kind(init or "unet-base", arch, model)
     else:
-        spd_only = [k for k in ("spd_scales", "spd_mix", "spd_delta") if over.get(k)]
-        if spd_only:
-            raise ValueError(f"{', '.join(spd_only)} (--spd-*) need objective spd (--objective spd)")
         if init:
             if model_config:
                 raise ValueError("model_config (--model-config) does not apply with init "

@@ -254,7 +254,7 @@ def slim_config(teacher: str = "unet", *, model: str | None = None,
     from ...models import checkpoint_path
     from ...models.checkpoint import read_checkpoint
     from ...models.config import WGUNetConfig, config_from_dict, config_to_dict
-    from ..config import default_config
+    from ..config import default_config, inherited_data_settings
 
     kind = model or "wgunet"
     if kind not in FEATURE_KINDS:
@@ -267,8 +267,7 @@ def slim_config(teacher: str = "unet", *, model: str | None = None,
     arch.update(model_config or {})
     config_from_dict(arch)
     _, _, meta = read_checkpoint(checkpoint_path(teacher))
-    rec = meta.get("train") or {}
-    keep = {k: rec[k] for k in ("data", "window", "shift_size", "uniform_t") if k in rec}
+    keep = inherited_data_settings(meta)
     options = {"teacher": str(teacher), **(overrides.pop("options", None) or {})}
     base = replace(default_config("unet"), model=arch, objective="slim", options=options, **keep)
     return replace(base, **overrides).validate()
